@@ -1,0 +1,71 @@
+"""``kldm generate``: de novo generation of complete crystals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from kldm_cli.cli.common import console, err_console, user_errors
+
+
+def generate_command(
+    n: int = typer.Option(100, "--n", "-n", help="Number of crystals to generate."),
+    weights: str | None = typer.Option(
+        None, "--weights", help="Model folder, hf://OWNER/REPO\\[@REV] or release name."
+    ),
+    out: Path = typer.Option(Path("samples"), "--out", help="Output folder."),
+    fmt: str = typer.Option("cif", "--format", help="cif (one file each) or extxyz (one file)."),
+    sampler: str | None = typer.Option(None, "--sampler", help="pc or em (default: the model's)."),
+    steps: int | None = typer.Option(
+        None, "--steps", min=1, help="Sampling steps (default: the model's)."
+    ),
+    seed: int = typer.Option(
+        0, "--seed", help="Random seed; the same seed gives the same crystals."
+    ),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    num_atoms: str | None = typer.Option(
+        None, "--num-atoms", help="Atoms per cell: N or LOW-HIGH."
+    ),
+    batch_atoms: int = typer.Option(4096, "--batch-atoms", min=1, help="Atoms per sampling batch."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+) -> None:
+    """Generate new crystals (species, coordinates and lattice)."""
+    import time
+
+    from kldm_cli.generate import generate
+    from kldm_cli.metrics.validity import structural_validity
+
+    if n < 1:
+        raise typer.BadParameter(f"must be positive, got {n}", param_hint="--n")
+    if sampler not in (None, "pc", "em"):
+        raise typer.BadParameter(f"choose pc or em, got {sampler!r}", param_hint="--sampler")
+    progress = Progress(
+        TextColumn("[bold]generate"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console,
+    )  # fmt: skip
+    start = time.perf_counter()
+    with user_errors(), progress:
+        bar = progress.add_task("generate", total=n, rate="")
+
+        def on_batch(done: int, total: int) -> None:
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            progress.update(bar, completed=done, rate=f"{rate:.2f} structures/s")
+
+        result = generate(
+            n, weights=weights, out=out, fmt=fmt, method=sampler, steps=steps, seed=seed,
+            device=device, num_atoms=num_atoms, batch_atoms=batch_atoms, resume=resume,
+            on_batch=on_batch,
+        )  # fmt: skip
+    if result.notice:
+        err_console.print(result.notice)
+    valid = sum(structural_validity(s) for s in result.structures)
+    console.print(
+        f"[green]{result.written}[/] new structures in {out}"
+        + (f" ({result.skipped_existing} kept from before)" if result.skipped_existing else "")
+        + f"; structurally valid: {valid}/{max(result.written, 1)}; "
+        f"distinct compositions: {len(result.composition_counts())}"
+    )
+    for formula, count in result.composition_counts().most_common(10):
+        console.print(f"  {formula}: {count}")

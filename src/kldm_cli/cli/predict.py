@@ -1,0 +1,68 @@
+"""``kldm predict``: crystal structure prediction for a formula."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from kldm_cli.cli.common import console, err_console, user_errors
+
+
+def predict_command(
+    formula: str = typer.Option(
+        ..., "--formula", "-f", help="Formula as written, e.g. LiFePO4 (7 atoms)."
+    ),
+    n: int = typer.Option(20, "-n", "--n", help="Number of candidate structures."),
+    weights: str | None = typer.Option(
+        None, "--weights", help="Model folder, hf://OWNER/REPO\\[@REV] or release name."
+    ),
+    out: Path = typer.Option(Path("predictions"), "--out", help="Output folder."),
+    fmt: str = typer.Option("cif", "--format", help="cif (one file each) or extxyz (one file)."),
+    sampler: str | None = typer.Option(None, "--sampler", help="pc or em (default: the model's)."),
+    steps: int | None = typer.Option(
+        None, "--steps", min=1, help="Sampling steps (default: the model's)."
+    ),
+    seed: int = typer.Option(
+        0, "--seed", help="Random seed; the same seed gives the same structures."
+    ),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    formula_units: str = typer.Option("1", "--formula-units", help="Z: an integer, or 'auto'."),
+    batch_atoms: int = typer.Option(4096, "--batch-atoms", min=1, help="Atoms per sampling batch."),
+    relax: bool = typer.Option(False, "--relax", help="Relax with CHGNet and rank by energy."),
+) -> None:
+    """Predict crystal structures for a composition."""
+    from kldm_cli.predict import predict
+
+    if n < 1:
+        raise typer.BadParameter(f"must be positive, got {n}", param_hint="-n")
+    if sampler not in (None, "pc", "em"):
+        raise typer.BadParameter(f"choose pc or em, got {sampler!r}", param_hint="--sampler")
+    progress = Progress(
+        TextColumn("[bold]predict"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), console=console,
+    )  # fmt: skip
+    with user_errors(), progress:
+        bar = progress.add_task("predict", total=n)
+        result = predict(
+            formula, n, weights=weights, out=out, fmt=fmt, method=sampler, steps=steps,
+            seed=seed, device=device, formula_units=formula_units, batch_atoms=batch_atoms,
+            relax=relax, on_batch=lambda done, total: progress.update(bar, completed=done),
+        )  # fmt: skip
+    if result.notice:
+        err_console.print(result.notice)
+    table = Table(title=f"{len(result.structures)} candidates for {formula}")
+    for column in ("#", "formula", "volume (Å³)", "density (g/cm³)", "file"):
+        table.add_column(column)
+    for i, (structure, path) in enumerate(zip(result.structures, result.files, strict=True)):
+        table.add_row(
+            str(i), structure.composition.formula.replace(" ", ""), f"{structure.volume:.1f}",
+            f"{structure.density:.2f}", str(path),
+        )  # fmt: skip
+    console.print(table)
+    if result.ranking is not None:
+        from kldm_cli.cli.relax import print_ranking
+
+        print_ranking(result.ranking)

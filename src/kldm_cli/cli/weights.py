@@ -1,0 +1,81 @@
+"""``kldm weights``: list the published models and download them into the Hugging Face cache."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from kldm_cli.cli.common import console, err_console, user_errors
+
+app = typer.Typer(
+    help="Published models: list them, download them for offline use.", no_args_is_help=True
+)
+
+
+def _size(num_bytes: int | None) -> str:
+    if num_bytes is None:
+        return "—"
+    value = float(num_bytes)
+    for unit in ("B", "kB", "MB"):
+        if value < 1000:
+            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
+
+
+def _metrics(metrics: dict) -> str:
+    if not metrics:
+        return "—"
+    return "\n".join(
+        f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in metrics.items()
+    )
+
+
+@app.command("list")
+def list_command() -> None:
+    """Show every release: task, size, headline metrics, and whether it is cached or bundled.
+
+    Works offline: sizes and metrics come from a cached or bundled copy ("—" when neither).
+    """
+    from kldm_cli.hub import hub_cache_dir, release_statuses
+
+    with user_errors():
+        statuses = release_statuses()
+    table = Table(title="KLDM releases", caption="* default for its task")
+    table.add_column("release", style="bold", no_wrap=True)
+    table.add_column("task")
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("cached")
+    table.add_column("bundled")
+    table.add_column("metrics")
+    table.add_column("description")
+    for status in statuses:
+        table.add_row(
+            status.release.name + (" *" if status.is_default else ""),
+            status.release.task,
+            _size(status.size_bytes),
+            "yes" if status.cached_path else "no",
+            "yes" if status.bundled_path else "no",
+            _metrics(status.metrics),
+            status.release.description,
+        )
+    console.print(table)
+    console.print(f"Hub cache: {hub_cache_dir()}", highlight=False)
+
+
+@app.command("download")
+def download_command(
+    name: str = typer.Argument(
+        ..., help="Release name (see `kldm weights list`) or hf://OWNER/REPO\\[@REV]."
+    ),
+) -> None:
+    """Download a model into the Hugging Face cache (HF_HOME) so it can be used offline."""
+    from kldm_cli.hub import download_weights
+
+    with user_errors():
+        resolved = download_weights(name)
+    verb = "already cached" if resolved.origin == "cache" else "downloaded"
+    console.print(f"{name}: {verb} at {resolved.path}", highlight=False)
+    if resolved.notice:
+        err_console.print(resolved.notice, highlight=False)

@@ -1,0 +1,31 @@
+"""Diffusion processes, one per module; none imports the network (:mod:`kldm_cli.nn`).
+
+- :mod:`~kldm_cli.diffusion.kinetic_langevin`: fractional coordinates + velocities (KLDM);
+- :mod:`~kldm_cli.diffusion.vp_sde`: VP-SDE for the lattice (and continuous atom types);
+- :mod:`~kldm_cli.diffusion.wrapped_normal`: wrapped-normal score and wrapping helpers.
+"""
+
+from kldm_cli.diffusion.kinetic_langevin import KernelCoefficients, KineticLangevin, mean_free
+from kldm_cli.diffusion.vp_sde import VPSDE, randn_like
+from kldm_cli.diffusion.wrapped_normal import (
+    wrap_centered,
+    wrap_unit,
+    wrapped_normal_log_prob,
+    wrapped_normal_score,
+    wrapped_normal_score_sq_mean,
+    wrapped_normal_score_sq_ratio,
+)
+
+__all__ = [
+    "VPSDE",
+    "KernelCoefficients",
+    "KineticLangevin",
+    "mean_free",
+    "randn_like",
+    "wrap_centered",
+    "wrap_unit",
+    "wrapped_normal_log_prob",
+    "wrapped_normal_score",
+    "wrapped_normal_score_sq_mean",
+    "wrapped_normal_score_sq_ratio",
+]

@@ -1,0 +1,174 @@
+"""Thermodynamic stability of generated crystals from CHGNet energies: E_hull, stable %, S.U.N. %.
+
+The convex hull is built from the *reference set* (normally the training set), with every
+energy from CHGNet so that samples and hull share one energy model:
+
+1. Only reference structures that can matter are evaluated: those whose elements are a subset
+   of some sample's elements (a hull over A–B–C only involves phases made of A, B and C).
+2. Each such reference structure gets a CHGNet energy: a single-point energy of the stored
+   (DFT-relaxed) structure by default, or the energy after ``reference_relax_steps`` CHGNet
+   relaxation steps. A structure CHGNet cannot handle is left out (and counted).
+3. Each becomes a pymatgen ``PDEntry(composition, E_total)`` with E_total = CHGNet energy per
+   atom × number of atoms (eV). Elemental references are the lowest-energy single-element
+   structures *of the reference set*; none is invented.
+4. A sample's energy above the hull is ``PhaseDiagram.get_e_above_hull(entry,
+   allow_negative=True)`` for the phase diagram of its own chemical system (negative: below the
+   reference hull). Its energy is the CHGNet energy of the sample after CHGNet relaxation.
+5. If one of the sample's elements has no single-element structure in the reference set, the
+   hull of its chemical system is undefined and its E_hull is reported as unknown (None).
+
+A sample is *stable* when E_hull < 0.1 eV/atom (unknown counts as not stable, and the number of
+unknowns is reported). S.U.N. = stable, unique and novel; both rates divide by all samples.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pymatgen.core import Structure
+
+#: E_hull below this (eV/atom) counts as stable (the MatterGen / KLDM convention).
+STABILITY_THRESHOLD = 0.1
+
+
+def chemical_system(structure: Structure) -> frozenset[str]:
+    """The set of element symbols of a structure."""
+    return frozenset(element.symbol for element in structure.composition.elements)
+
+
+def relevant_reference(samples: Sequence[Structure], reference: Sequence[Structure]) -> list[int]:
+    """Indices of reference structures whose elements are a subset of some sample's elements."""
+    systems = {chemical_system(s) for s in samples}
+    kept = []
+    for index, structure in enumerate(reference):
+        elements = chemical_system(structure)
+        if any(elements <= system for system in systems):
+            kept.append(index)
+    return kept
+
+
+@dataclass
+class HullReference:
+    """CHGNet energies (eV/atom) of the reference structures that were evaluated.
+
+    ``energies[i]`` belongs to ``structures[i]``; None where CHGNet failed (left out of the
+    hull). ``energy_kind`` is "single-point" or "relaxed (N steps)"."""
+
+    structures: list[Structure]
+    energies: list[float | None]
+    energy_kind: str
+
+    @property
+    def num_failed(self) -> int:
+        return sum(e is None for e in self.energies)
+
+    def elements_with_reference(self) -> set[str]:
+        """Elements that have a single-element structure with an energy."""
+        return {
+            next(iter(chemical_system(s)))
+            for s, e in zip(self.structures, self.energies, strict=True)
+            if e is not None and len(chemical_system(s)) == 1
+        }
+
+
+def build_hull_reference(
+    samples: Sequence[Structure],
+    reference: Sequence[Structure],
+    *,
+    reference_relax_steps: int = 0,
+    fmax: float = 0.1,
+    device: str = "cpu",
+    model: object = None,
+) -> HullReference:
+    """CHGNet energies of the reference structures relevant to ``samples`` (see module doc)."""
+    from kldm_cli.relax import load_chgnet, predict_energies, relax_structures
+
+    structures = [reference[i] for i in relevant_reference(samples, reference)]
+    model = model or load_chgnet(device)
+    if reference_relax_steps > 0:
+        results = relax_structures(
+            structures, steps=reference_relax_steps, fmax=fmax, device=device, model=model
+        )
+        energies = [r.energy_per_atom for r in results]
+        kind = f"relaxed ({reference_relax_steps} steps)"
+    else:
+        energies = predict_energies(structures, device=device, model=model)
+        kind = "single-point"
+    return HullReference(structures, energies, kind)
+
+
+def energies_above_hull(
+    structures: Sequence[Structure],
+    energies_per_atom: Sequence[float | None],
+    hull: HullReference,
+) -> list[float | None]:
+    """E_hull (eV/atom) of each structure with the given energy (eV/atom) against ``hull``;
+    None where the energy is None or the hull of its chemical system is undefined."""
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+
+    if len(structures) != len(energies_per_atom):
+        raise ValueError(f"{len(structures)} structures but {len(energies_per_atom)} energies")
+    entries = [
+        (chemical_system(s), PDEntry(s.composition, e * len(s)))
+        for s, e in zip(hull.structures, hull.energies, strict=True)
+        if e is not None
+    ]
+    with_reference = hull.elements_with_reference()
+    by_system: dict[frozenset[str], list[int]] = defaultdict(list)
+    for index, (structure, energy) in enumerate(zip(structures, energies_per_atom, strict=True)):
+        if energy is not None:
+            by_system[chemical_system(structure)].append(index)
+
+    result: list[float | None] = [None] * len(structures)
+    for system, indices in by_system.items():
+        if not system <= with_reference:
+            continue  # an element without an elemental reference: the hull is undefined
+        diagram = PhaseDiagram([entry for elements, entry in entries if elements <= system])
+        for index in indices:
+            structure = structures[index]
+            sample = PDEntry(structure.composition, energies_per_atom[index] * len(structure))
+            result[index] = float(diagram.get_e_above_hull(sample, allow_negative=True))
+    return result
+
+
+@dataclass
+class StabilityResult:
+    """``stable_rate`` and ``sun_rate`` are fractions of all samples (0–1); ``e_above_hull``
+    per sample in eV/atom (None = unknown)."""
+
+    e_above_hull: list[float | None]
+    is_stable: list[bool]
+    is_sun: list[bool]
+    stable_rate: float
+    sun_rate: float
+    num_unknown: int
+    threshold: float
+
+
+def stability_metrics(
+    e_above_hull: Sequence[float | None],
+    is_unique: Sequence[bool],
+    is_novel: Sequence[bool],
+    *,
+    threshold: float = STABILITY_THRESHOLD,
+) -> StabilityResult:
+    """Stable % (E_hull < ``threshold``) and S.U.N. % (stable, unique and novel)."""
+    if not len(e_above_hull) == len(is_unique) == len(is_novel):
+        raise ValueError(
+            f"lengths differ: {len(e_above_hull)} E_hull, {len(is_unique)} uniqueness flags, "
+            f"{len(is_novel)} novelty flags"
+        )
+    stable = [e is not None and e < threshold for e in e_above_hull]
+    sun = [s and u and n for s, u, n in zip(stable, is_unique, is_novel, strict=True)]
+    total = len(e_above_hull)
+    return StabilityResult(
+        e_above_hull=list(e_above_hull),
+        is_stable=stable,
+        is_sun=sun,
+        stable_rate=sum(stable) / total if total else 0.0,
+        sun_rate=sum(sun) / total if total else 0.0,
+        num_unknown=sum(e is None for e in e_above_hull),
+        threshold=threshold,
+    )

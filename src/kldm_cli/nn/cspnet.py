@@ -1,0 +1,409 @@
+"""Invariant message-passing network for KLDM (CSPNet-style, as the reference ``CSPVNet``).
+
+The network maps a noisy crystal (fractional coordinates, velocities, the six lattice numbers and
+per-atom features) at diffusion time ``t01`` to
+
+* a velocity-space prediction per atom, ``[N, 3]``, mean-free per crystal,
+* a lattice prediction per crystal, ``[B, 6]``,
+* optionally a per-atom type prediction, ``[N, type_output_dim]`` (de novo generation).
+
+Inputs enter only through invariant quantities: the lattice as lengths/angles (invariant to
+rotation), fractional-coordinate *differences* through periodic sin/cos features (invariant to a
+common shift and to integer lattice translations of any atom), and velocity *differences* (invariant
+to a common velocity). Messages are averaged over a node's incoming edges, so the output permutes
+with the atoms.
+
+Edge convention: ``edge_index[0]`` is the receiving atom ``i``, ``edge_index[1]`` the sending
+atom ``j``; the message of edge ``(i, j)`` is built from ``h_i, h_j``, the lattice numbers of the
+crystal, ``v_j - v_i`` and ``f_j - f_i``, and is averaged into atom ``i``. Edges must stay inside
+a crystal (the usual graph is fully connected within each crystal, without self-loops).
+
+Two forward formulations share the same parameters (and hence ``state_dict``):
+
+* ``fused=True`` (default): the first edge-MLP layer, a linear map of the concatenated edge input
+  ``[h_i, h_j, lattice, W_v (v_j - v_i) + b_v, fourier(f_j - f_i)]``, is split by blocks. The
+  ``h_i``/``h_j`` blocks are applied once per *atom*, the lattice block once per *crystal*, and the
+  velocity projection is folded into the first layer (it is linear, so its edge term is a
+  difference of per-atom terms). Only the Fourier block is an edge-sized matrix product, and the
+  Fourier features are computed once per forward pass and reused by every layer.
+* ``fused=False``: the reference formulation (concatenate per edge, one linear layer, Fourier
+  features recomputed in every layer), kept for benchmarks and as the test oracle.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kldm_cli.config import NetworkConfig
+
+__all__ = ["CSPNet", "NetworkOutput", "periodic_fourier_features"]
+
+#: Width of the lattice input: three (normalised) lengths and three (normalised) angles.
+LATTICE_DIM = 6
+
+
+@dataclass
+class NetworkOutput:
+    """What :class:`CSPNet` predicts.
+
+    Attributes:
+        velocity: ``[N, 3]`` per-atom vector in fractional units, mean-free per crystal.
+        lattice: ``[B, 6]`` per-crystal lattice prediction.
+        types: ``[N, type_output_dim]`` per-atom type prediction, or ``None`` when the network
+            has no type head (``type_output_dim == 0``, crystal structure prediction).
+    """
+
+    velocity: Tensor
+    lattice: Tensor
+    types: Tensor | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Embeddings and scatter helpers
+# ---------------------------------------------------------------------------------------------
+
+
+class RandomFourierTimeEmbedding(nn.Module):
+    """Random Fourier features of the diffusion time: ``t01 [B] -> [B, time_dim]``.
+
+    ``[cos(2π w t01), sin(2π w t01)]`` with ``time_dim / 2`` frequencies ``w ~ N(0, 1)`` drawn
+    once at construction and stored as a buffer (saved with the weights, never trained).
+    """
+
+    def __init__(self, time_dim: int) -> None:
+        super().__init__()
+        if time_dim <= 0 or time_dim % 2 != 0:
+            raise ValueError(f"time_dim must be a positive even number, got {time_dim}")
+        self.register_buffer("frequencies", torch.randn(time_dim // 2))
+
+    def forward(self, t01: Tensor) -> Tensor:
+        """``t01 [B]`` -> ``[B, time_dim]``."""
+        angles = (2.0 * math.pi) * t01.unsqueeze(-1) * self.frequencies
+        return torch.cat([angles.cos(), angles.sin()], dim=-1)
+
+
+def periodic_fourier_features(frac_diff: Tensor, num_freqs: int) -> Tensor:
+    """Periodic features of fractional-coordinate differences: ``[E, 3] -> [E, 6 * num_freqs]``.
+
+    ``[sin(2π k Δf_d), cos(2π k Δf_d)]`` for ``k = 0 .. num_freqs - 1`` and the three axes
+    ``d``; the sin block comes first, each block is ordered axis-major (``d * num_freqs + k``).
+    Periodic with period 1 in each ``Δf_d``, so integer lattice translations drop out.
+    """
+    frequencies = (2.0 * math.pi) * torch.arange(
+        num_freqs, dtype=frac_diff.dtype, device=frac_diff.device
+    )
+    angles = (frac_diff.unsqueeze(-1) * frequencies).reshape(frac_diff.shape[0], 3 * num_freqs)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def _segment_mean(values: Tensor, index: Tensor, inverse_count: Tensor, size: int) -> Tensor:
+    """Mean of ``values [M, D]`` over segments ``index [M]`` -> ``[size, D]``.
+
+    ``inverse_count [size, 1]`` is ``1 / max(count, 1)`` (empty segments give 0).
+    """
+    total = values.new_zeros(size, values.shape[-1]).index_add_(0, index, values)
+    return total * inverse_count
+
+
+def _inverse_count(index: Tensor, size: int, dtype: torch.dtype) -> Tensor:
+    """``1 / max(count, 1)`` for each value ``0 .. size - 1`` of ``index [M]`` -> ``[size, 1]``."""
+    count = torch.zeros(size, dtype=dtype, device=index.device)
+    count.index_add_(0, index, torch.ones(index.shape[0], dtype=dtype, device=index.device))
+    return count.clamp_min(1.0).reciprocal().unsqueeze(-1)
+
+
+@dataclass
+class _EdgeContext:
+    """Per-forward quantities shared by all layers (computed once).
+
+    Attributes:
+        receivers: ``[E]`` atom ``i`` of each edge.
+        senders: ``[E]`` atom ``j`` of each edge.
+        batch_index: ``[N]`` crystal of each atom.
+        frac_diff: ``[E, 3]`` ``f_j - f_i``.
+        velocity: ``[N, 3]`` atom velocities.
+        lattice_params: ``[B, 6]`` lattice numbers.
+        inverse_degree: ``[N, 1]`` ``1 / max(in-degree, 1)``.
+        fourier: ``[E, 6 * num_freqs]`` Fourier features of ``frac_diff`` (fused path only).
+    """
+
+    receivers: Tensor
+    senders: Tensor
+    batch_index: Tensor
+    frac_diff: Tensor
+    velocity: Tensor
+    lattice_params: Tensor
+    inverse_degree: Tensor
+    fourier: Tensor | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Message-passing layer
+# ---------------------------------------------------------------------------------------------
+
+
+class CSPLayer(nn.Module):
+    """One message-passing layer (pre-LayerNorm, residual).
+
+    ``h <- h + node_mlp([h', mean_j edge_mlp([h'_i, h'_j, L, P (v_j - v_i), fourier(f_j - f_i)])])``
+    with ``h' = LayerNorm(h)`` (identity without layer norm) and ``P`` a linear projection of the
+    velocity difference to the width of the Fourier features.
+    """
+
+    def __init__(self, hidden_dim: int, num_freqs: int, layer_norm: bool) -> None:
+        super().__init__()
+        self.num_freqs = num_freqs
+        fourier_dim = 6 * num_freqs
+        #: Column blocks of the first edge linear layer, in concatenation order.
+        self.edge_input_sizes = (hidden_dim, hidden_dim, LATTICE_DIM, fourier_dim, fourier_dim)
+        self.norm = nn.LayerNorm(hidden_dim) if layer_norm else nn.Identity()
+        self.velocity_proj = nn.Linear(3, fourier_dim)
+        self.edge_mlp = nn.Sequential(
+            nn.Linear(sum(self.edge_input_sizes), hidden_dim),
+            nn.SiLU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.SiLU(),
+        )
+        self.node_mlp = nn.Sequential(
+            nn.Linear(2 * hidden_dim, hidden_dim),
+            nn.SiLU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.SiLU(),
+        )
+
+    def forward(self, node_states: Tensor, context: _EdgeContext, fused: bool = True) -> Tensor:
+        """``node_states [N, hidden] -> [N, hidden]``."""
+        normed = self.norm(node_states)
+        if fused:
+            pre_activation = self._first_edge_linear_fused(normed, context)
+        else:
+            pre_activation = self._first_edge_linear_reference(normed, context)
+        messages = self.edge_mlp[1:](pre_activation)
+        aggregated = self._aggregate(messages, normed, context, fused)
+        return node_states + self.node_mlp(torch.cat([normed, aggregated], dim=-1))
+
+    def _first_edge_linear_fused(self, normed: Tensor, context: _EdgeContext) -> Tensor:
+        """First edge linear layer, split by input blocks -> ``[E, hidden]``.
+
+        With ``W = [W_i, W_j, W_L, W_v, W_f]`` and bias ``b``, and the velocity projection
+        ``P v + c``, the edge pre-activation is
+
+        ``(W_i h_i - Q v_i + (W_L L + W_v c + b)[crystal]) + (W_j h_j + Q v_j) + W_f fourier``
+
+        with ``Q = W_v P``: two per-atom terms gathered per edge plus one edge-sized product.
+        """
+        first = self.edge_mlp[0]
+        w_recv, w_send, w_lattice, w_velocity, w_fourier = torch.split(
+            first.weight, self.edge_input_sizes, dim=1
+        )
+        velocity_weight = w_velocity @ self.velocity_proj.weight  # [hidden, 3]
+        crystal_bias = first.bias + w_velocity @ self.velocity_proj.bias  # [hidden]
+        per_crystal = F.linear(context.lattice_params, w_lattice, crystal_bias)  # [B, hidden]
+        per_atom_velocity = F.linear(context.velocity, velocity_weight)  # [N, hidden]
+        receiver_part = (
+            F.linear(normed, w_recv) - per_atom_velocity + per_crystal[context.batch_index]
+        )
+        sender_part = F.linear(normed, w_send) + per_atom_velocity
+        gathered = receiver_part[context.receivers] + sender_part[context.senders]
+        return torch.addmm(gathered, context.fourier, w_fourier.t())
+
+    def _first_edge_linear_reference(self, normed: Tensor, context: _EdgeContext) -> Tensor:
+        """First edge linear layer on the concatenated per-edge input -> ``[E, hidden]``."""
+        receivers, senders = context.receivers, context.senders
+        velocity_diff = context.velocity[senders] - context.velocity[receivers]
+        edge_input = torch.cat(
+            [
+                normed[receivers],
+                normed[senders],
+                context.lattice_params[context.batch_index[receivers]],
+                self.velocity_proj(velocity_diff),
+                periodic_fourier_features(context.frac_diff, self.num_freqs),
+            ],
+            dim=-1,
+        )
+        return self.edge_mlp[0](edge_input)
+
+    @staticmethod
+    def _aggregate(messages: Tensor, normed: Tensor, context: _EdgeContext, fused: bool) -> Tensor:
+        """Mean of ``messages [E, hidden]`` over each atom's incoming edges -> ``[N, hidden]``."""
+        num_atoms = normed.shape[0]
+        if fused:
+            return _segment_mean(messages, context.receivers, context.inverse_degree, num_atoms)
+        index = context.receivers.unsqueeze(-1).expand_as(messages)
+        return messages.new_zeros(num_atoms, messages.shape[-1]).scatter_reduce_(
+            0, index, messages, reduce="mean", include_self=False
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Network
+# ---------------------------------------------------------------------------------------------
+
+
+class CSPNet(nn.Module):
+    """CSPNet-style invariant network predicting velocity, lattice and (optionally) types.
+
+    Args:
+        config: architecture (:class:`~kldm_cli.config.NetworkConfig`).
+        fused: use the fused edge computation (default). ``False`` selects the reference
+            formulation; both have the same parameters and compute the same function.
+    """
+
+    def __init__(self, config: NetworkConfig, *, fused: bool = True) -> None:
+        super().__init__()
+        _check_config(config)
+        self.config = config
+        self.fused = fused
+        hidden = config.hidden_dim
+        self.node_embedding = nn.Linear(config.node_input_dim, hidden, bias=False)
+        self.time_embedding = RandomFourierTimeEmbedding(config.time_dim)
+        self.atom_latent = nn.Linear(hidden + config.time_dim, hidden)
+        self.layers = nn.ModuleList(
+            CSPLayer(hidden, config.num_freqs, config.layer_norm) for _ in range(config.num_layers)
+        )
+        self.final_norm = nn.LayerNorm(hidden) if config.layer_norm else nn.Identity()
+        self.velocity_head = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 3, bias=False)
+        )
+        self.lattice_head = nn.Linear(hidden, LATTICE_DIM, bias=False)
+        self.type_head = (
+            nn.Linear(hidden, config.type_output_dim) if config.type_output_dim > 0 else None
+        )
+
+    def forward(
+        self,
+        t01: Tensor,
+        node_features: Tensor,
+        frac_coords: Tensor,
+        velocity: Tensor,
+        lattice_params: Tensor,
+        batch_index: Tensor,
+        edge_index: Tensor,
+        num_crystals: int,
+    ) -> NetworkOutput:
+        """Predict velocity, lattice and types for a batch of ``B`` crystals with ``N`` atoms.
+
+        Args:
+            t01: ``[B]`` diffusion time in ``[0, 1]``.
+            node_features: ``[N, node_input_dim]`` (one-hot elements for CSP, noisy types for DNG).
+            frac_coords: ``[N, 3]`` fractional coordinates in ``[0, 1)``.
+            velocity: ``[N, 3]`` velocities in fractional units.
+            lattice_params: ``[B, 6]`` lattice numbers (normalised lengths and angles).
+            batch_index: ``[N]`` long, crystal of each atom.
+            edge_index: ``[2, E]`` long, ``(receiver i, sender j)`` pairs within a crystal.
+            num_crystals: ``B``.
+
+        Returns:
+            :class:`NetworkOutput` with ``velocity [N, 3]`` (mean-free per crystal),
+            ``lattice [B, 6]`` and ``types [N, type_output_dim]`` or ``None``.
+        """
+        _check_inputs(
+            self.config,
+            t01,
+            node_features,
+            frac_coords,
+            velocity,
+            lattice_params,
+            batch_index,
+            edge_index,
+            num_crystals,
+        )
+        context = self._edge_context(frac_coords, velocity, lattice_params, batch_index, edge_index)
+
+        node_states = self._initial_node_states(t01, node_features, batch_index)
+        for layer in self.layers:
+            node_states = layer(node_states, context, fused=self.fused)
+        node_states = self.final_norm(node_states)
+
+        inverse_atoms = _inverse_count(batch_index, num_crystals, node_states.dtype)
+        velocity_out = self.velocity_head(node_states)
+        velocity_out = (
+            velocity_out
+            - _segment_mean(velocity_out, batch_index, inverse_atoms, num_crystals)[batch_index]
+        )
+        crystal_states = _segment_mean(node_states, batch_index, inverse_atoms, num_crystals)
+        lattice_out = self.lattice_head(crystal_states)
+        types_out = self.type_head(node_states) if self.type_head is not None else None
+        return NetworkOutput(velocity=velocity_out, lattice=lattice_out, types=types_out)
+
+    def _initial_node_states(
+        self, t01: Tensor, node_features: Tensor, batch_index: Tensor
+    ) -> Tensor:
+        """Embed atom features and diffusion time -> ``[N, hidden]``."""
+        time_features = self.time_embedding(t01)[batch_index]  # [N, time_dim]
+        embedded = self.node_embedding(node_features)  # [N, hidden]
+        return self.atom_latent(torch.cat([embedded, time_features], dim=-1))
+
+    def _edge_context(
+        self,
+        frac_coords: Tensor,
+        velocity: Tensor,
+        lattice_params: Tensor,
+        batch_index: Tensor,
+        edge_index: Tensor,
+    ) -> _EdgeContext:
+        """Layer-independent edge quantities, computed once per forward pass."""
+        receivers, senders = edge_index[0], edge_index[1]
+        frac_diff = frac_coords[senders] - frac_coords[receivers]
+        num_atoms = frac_coords.shape[0]
+        return _EdgeContext(
+            receivers=receivers,
+            senders=senders,
+            batch_index=batch_index,
+            frac_diff=frac_diff,
+            velocity=velocity,
+            lattice_params=lattice_params,
+            inverse_degree=_inverse_count(receivers, num_atoms, frac_coords.dtype),
+            fourier=(
+                periodic_fourier_features(frac_diff, self.config.num_freqs) if self.fused else None
+            ),
+        )
+
+
+def _check_config(config: NetworkConfig) -> None:
+    for name in ("hidden_dim", "num_layers", "num_freqs", "time_dim", "node_input_dim"):
+        value = getattr(config, name)
+        if value <= 0:
+            raise ValueError(f"NetworkConfig.{name} must be positive, got {value}")
+    if config.time_dim % 2 != 0:
+        raise ValueError(f"NetworkConfig.time_dim must be even, got {config.time_dim}")
+    if config.type_output_dim < 0:
+        raise ValueError(
+            f"NetworkConfig.type_output_dim must be >= 0, got {config.type_output_dim}"
+        )
+
+
+def _check_inputs(
+    config: NetworkConfig,
+    t01: Tensor,
+    node_features: Tensor,
+    frac_coords: Tensor,
+    velocity: Tensor,
+    lattice_params: Tensor,
+    batch_index: Tensor,
+    edge_index: Tensor,
+    num_crystals: int,
+) -> None:
+    """Raise ``ValueError`` naming the offending shape; cheap (no device synchronisation)."""
+    num_atoms = node_features.shape[0]
+    expected = {
+        "t01": (t01, (num_crystals,)),
+        "node_features": (node_features, (num_atoms, config.node_input_dim)),
+        "frac_coords": (frac_coords, (num_atoms, 3)),
+        "velocity": (velocity, (num_atoms, 3)),
+        "lattice_params": (lattice_params, (num_crystals, LATTICE_DIM)),
+        "batch_index": (batch_index, (num_atoms,)),
+    }
+    for name, (tensor, shape) in expected.items():
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {shape}")
+    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+        raise ValueError(f"edge_index has shape {tuple(edge_index.shape)}, expected (2, E)")
+    for name, tensor in (("batch_index", batch_index), ("edge_index", edge_index)):
+        if tensor.dtype != torch.long:
+            raise ValueError(f"{name} must be torch.long, got {tensor.dtype}")

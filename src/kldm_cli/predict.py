@@ -1,0 +1,261 @@
+"""Crystal structure prediction (CSP): composition given, coordinates and lattice generated.
+
+Library entry points behind ``kldm predict``:
+
+- :func:`load_model` — resolve ``--weights`` (folder, ``hf://``, release name) and rebuild the
+  model from its ``config.json``, loading ``model.safetensors`` strictly;
+- :func:`plan_compositions` — a formula and ``--formula-units`` → one atom list per sample,
+  refused before any computation if the model cannot handle it;
+- :func:`sample_model` / :func:`sample_csp` — batched reverse sampling → pymatgen Structures;
+- :func:`predict` — all of the above, writing each batch's files as soon as it finishes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from pymatgen.core import Structure
+
+from kldm_cli.config import KLDMConfig, SamplerConfig
+from kldm_cli.data.formula import parse_formula
+from kldm_cli.model import KLDM
+from kldm_cli.sampling import batch_generator, plan_batches, sample, samples_to_records
+
+#: Default number of atoms per sampling batch (the fully connected graph grows as atoms²
+#: per crystal, so this bounds memory and keeps a laptop responsive).
+DEFAULT_BATCH_ATOMS = 4096
+
+
+@dataclass
+class LoadedModel:
+    model: KLDM
+    source: str  # where the weights came from (folder path or release)
+    notice: str | None = None
+    weights_sha256: str | None = None
+
+
+def load_model(weights: str | None, task: str, device: str = "cpu") -> LoadedModel:
+    """Resolve and load a model folder for ``task`` ("csp" or "dng")."""
+    from kldm_cli.hub import load_state_dict_strict, read_model_folder, resolve_weights
+
+    resolved = resolve_weights(weights, task)
+    config, state_dict = read_model_folder(resolved.path)
+    if config.task != task:
+        raise ValueError(
+            f"the model in {resolved.path} was trained for {config.task.upper()}, "
+            f"not {task.upper()}; pass a {task.upper()} model with --weights"
+        )
+    model = KLDM(config)
+    load_state_dict_strict(model.network, state_dict, str(resolved.path / "model.safetensors"))
+    model = model.to(resolve_device(device)).eval()
+    return LoadedModel(model, str(resolved.path), resolved.notice, _sha256(resolved.path))
+
+
+def _sha256(folder: Path) -> str | None:
+    import hashlib
+
+    path = Path(folder) / "model.safetensors"
+    if not path.exists():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_device(device: str) -> torch.device:
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"Unknown device {device!r}; choose cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA GPU is available here")
+    return torch.device(device)
+
+
+# ---------------------------------------------------------------------- compositions
+def check_composition(config: KLDMConfig, atomic_numbers: Sequence[int], label: str) -> None:
+    """Refuse a composition the model cannot generate (unknown element, too many atoms)."""
+    from pymatgen.core import Element
+
+    unknown = sorted(set(atomic_numbers) - set(config.elements))
+    if unknown:
+        symbols = ", ".join(Element.from_Z(z).symbol for z in unknown)
+        raise ValueError(f"{label}: the model was never trained on {symbols}")
+    if len(atomic_numbers) > config.max_atoms:
+        raise ValueError(
+            f"{label}: {len(atomic_numbers)} atoms per cell, but the model was trained on "
+            f"cells of at most {config.max_atoms} atoms"
+        )
+
+
+def plan_compositions(
+    config: KLDMConfig, formula: str, num_samples: int, formula_units: str | int = 1
+) -> list[list[int]]:
+    """One atom list per sample for ``formula`` × Z.
+
+    ``formula_units="auto"`` spreads the samples round-robin over every Z whose cell stays
+    within the model's trained atom range.
+    """
+    if num_samples < 1:
+        raise ValueError(f"the number of samples must be positive, got {num_samples}")
+    atoms = parse_formula(formula)
+    if formula_units == "auto":
+        low, high = config.min_atoms, config.max_atoms
+        options = [z for z in range(1, high // len(atoms) + 1) if low <= z * len(atoms) <= high]
+        if not options:
+            options = [z for z in range(1, high // len(atoms) + 1)]
+        if not options:
+            check_composition(config, atoms, formula)  # raises: too many atoms even for Z=1
+        plan = [atoms * options[i % len(options)] for i in range(num_samples)]
+    else:
+        try:
+            units = int(formula_units)
+        except ValueError as err:
+            raise ValueError(
+                f"--formula-units must be a positive integer or 'auto', got {formula_units!r}"
+            ) from err
+        if units < 1:
+            raise ValueError(f"--formula-units must be a positive integer or 'auto', got {units}")
+        plan = [atoms * units] * num_samples
+    for composition in {tuple(c) for c in plan}:
+        check_composition(config, composition, f"{formula} ({len(composition)} atoms)")
+    return plan
+
+
+# ---------------------------------------------------------------------- sampling
+def sample_model(
+    model: KLDM,
+    compositions: Sequence[Sequence[int]],
+    num_samples: int,
+    *,
+    method: str = "pc",
+    steps: int = 1000,
+    seed: int = 0,
+    device: str = "cpu",
+    batch_atoms: int = DEFAULT_BATCH_ATOMS,
+    on_batch: Callable[[list[int], list[Structure]], None] | None = None,
+) -> list[list[Structure]]:
+    """``num_samples`` candidates for each composition (lists of atomic numbers).
+
+    Candidates are sampled in batches of at most ``batch_atoms`` atoms; ``on_batch`` gets the
+    flat job indices (composition index * num_samples + sample index) and structures of each
+    finished batch.
+    """
+    jobs = [list(c) for c in compositions for _ in range(num_samples)]
+    for composition in {tuple(c) for c in jobs}:
+        check_composition(model.config, composition, "composition")
+    sampler = replace(model.config.sampler, method=method, num_steps=steps)  # type: ignore[arg-type]
+    results: list[Structure | None] = [None] * len(jobs)
+    target = resolve_device(device)
+    for batch_number, indices in enumerate(plan_batches([len(j) for j in jobs], batch_atoms)):
+        structures = sample_batch(
+            model, [jobs[i] for i in indices], sampler,
+            batch_generator(seed, batch_number, target),
+        )  # fmt: skip
+        for i, structure in zip(indices, structures, strict=True):
+            results[i] = structure
+        if on_batch is not None:
+            on_batch(indices, structures)
+    return [results[i * num_samples : (i + 1) * num_samples] for i in range(len(compositions))]  # type: ignore[misc]
+
+
+def sample_batch(
+    model: KLDM,
+    compositions: Sequence[Sequence[int]],
+    sampler: SamplerConfig,
+    generator: torch.Generator,
+) -> list[Structure]:
+    """One reverse-sampling run for a batch of compositions → Structures."""
+    num_atoms = torch.tensor([len(c) for c in compositions])
+    atomic_numbers = torch.tensor([z for c in compositions for z in c])
+    samples = sample(model, num_atoms, atomic_numbers, sampler, generator)
+    return [record.to_structure() for record in samples_to_records(samples)]
+
+
+def sample_csp(
+    weights: str | None,
+    compositions: list[list[int]],
+    num_samples: int,
+    *,
+    sampler: str = "pc",
+    steps: int = 1000,
+    seed: int = 0,
+    device: str = "cpu",
+) -> list[list[Structure]]:
+    """Load a CSP model and sample ``num_samples`` candidates per composition."""
+    loaded = load_model(weights, "csp", device)
+    return sample_model(
+        loaded.model, compositions, num_samples, method=sampler, steps=steps, seed=seed,
+        device=device,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------- the command
+@dataclass
+class PredictResult:
+    files: list[Path] = field(default_factory=list)
+    structures: list[Structure] = field(default_factory=list)
+    model_source: str = ""
+    notice: str | None = None
+    ranking: list[Any] | None = None
+
+
+def predict(
+    formula: str,
+    num_samples: int,
+    *,
+    weights: str | None = None,
+    out: Path = Path("predictions"),
+    fmt: str = "cif",
+    method: str | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    formula_units: str | int = 1,
+    batch_atoms: int = DEFAULT_BATCH_ATOMS,
+    relax: bool = False,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> PredictResult:
+    """Predict ``num_samples`` structures of ``formula`` and write them to ``out``.
+
+    Everything that can be checked is checked before sampling: the formula, the output folder,
+    the model (task, elements, atom range).
+    """
+    from kldm_cli.data.writers import StructureWriter
+
+    if fmt not in ("cif", "extxyz"):
+        raise ValueError(f"Unknown format {fmt!r}; choose cif or extxyz")
+    parse_formula(formula)  # a bad formula is refused before the model is even loaded
+    loaded = load_model(weights, "csp", device)
+    config = loaded.model.config
+    plan = plan_compositions(config, formula, num_samples, formula_units)
+    writer = StructureWriter(out, fmt=fmt, prefix="sample")
+    result = PredictResult(model_source=loaded.source, notice=loaded.notice)
+    method = method or config.sampler.method
+    steps = steps or config.sampler.num_steps
+
+    def write_batch(indices: list[int], structures: list[Structure]) -> None:
+        for index, structure in zip(indices, structures, strict=True):
+            metadata = {
+                "formula": structure.composition.formula.replace(" ", ""),
+                "requested_formula": formula, "sample_index": index, "seed": seed,
+                "model": loaded.source, "sampler": method, "steps": steps,
+            }  # fmt: skip
+            result.files.append(writer.write(structure, index, metadata))
+            result.structures.append(structure)
+        if on_batch is not None:
+            on_batch(len(result.structures), num_samples)
+
+    sample_model(
+        loaded.model, plan, 1, method=method, steps=steps, seed=seed, device=device,
+        batch_atoms=batch_atoms, on_batch=write_batch,
+    )  # fmt: skip
+    if relax:
+        from kldm_cli.relax import rank_candidates, relax_structures
+
+        result.ranking = rank_candidates(relax_structures(result.structures, device=device))
+    return result

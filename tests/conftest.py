@@ -1,0 +1,54 @@
+"""Shared fixtures: paths of the small datasets in ``tests/fixtures`` and isolated user folders.
+
+Every test runs with ``KLDM_CACHE_DIR`` and ``HF_HOME`` pointing into its own ``tmp_path``, so no
+test reads or writes the real caches.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def isolated_user_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KLDM_CACHE_DIR", str(tmp_path / "kldm-cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    return FIXTURES
+
+
+@pytest.fixture
+def mp20_small_csv() -> Path:
+    """40 rows of MP-20 train (all columns; 1 to 20 atoms per cell)."""
+    return FIXTURES / "mp20_small.csv"
+
+
+@pytest.fixture
+def perov5_small_csv() -> Path:
+    """20 rows of Perov-5 train (5 atoms per cell)."""
+    return FIXTURES / "perov5_small.csv"
+
+
+@pytest.fixture
+def bad_rows_csv() -> Path:
+    """3 good MP-20 rows (material ids of rows 0, 4, 10) among 8 broken ones."""
+    return FIXTURES / "bad_rows.csv"
+
+
+@pytest.fixture
+def cif_folder() -> Path:
+    """4 MP-20 structures as ``<material_id>.cif``."""
+    return FIXTURES / "cifs"
+
+
+@pytest.fixture
+def extxyz_file() -> Path:
+    """5 MP-20 structures with ``material_id`` and ``e_above_hull`` in ``info``."""
+    return FIXTURES / "small.extxyz"

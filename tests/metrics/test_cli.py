@@ -1,0 +1,102 @@
+"""``kldm evaluate`` and ``kldm relax`` through Typer's CliRunner."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from pymatgen.core import Structure
+from typer.testing import CliRunner
+
+from kldm_cli.cli.main import app
+
+from .conftest import cscl_nacl, displaced, low_symmetry_crystal, rocksalt_nacl
+from .helpers import write_cifs, write_csv
+
+runner = CliRunner()
+
+
+def test_evaluate_dng_on_a_few_cifs(tmp_path: Path) -> None:
+    samples = write_cifs(tmp_path / "samples", [rocksalt_nacl(), cscl_nacl(), cscl_nacl()])
+    (samples / "zz_broken.cif").write_text("data_broken\n_cell_length_a 3\n")
+    reference = write_csv(tmp_path / "train.csv", [rocksalt_nacl(), low_symmetry_crystal()])
+    out = tmp_path / "dng.json"
+    result = runner.invoke(
+        app,
+        ["evaluate", "dng", "--samples", str(samples), "--reference", str(reference),
+         "--no-stability", "--workers", "0", "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "uniqueness" in result.output and "66.67 %" in result.output
+    assert "1 structure(s) of --samples" in " ".join(result.output.split())
+    metrics = json.loads(out.read_text())["metrics"]
+    assert metrics["novelty"] == pytest.approx(2 / 3)
+    assert (metrics["num_samples"], metrics["num_unreadable"]) == (3, 1)
+
+
+def test_evaluate_csp_with_a_patched_sampler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    targets = [rocksalt_nacl(), low_symmetry_crystal()]
+    data = write_csv(tmp_path / "test.csv", targets)
+    weights = tmp_path / "model"
+    weights.mkdir()
+    (weights / "model.safetensors").write_bytes(b"not really weights")
+
+    def fake_sample_csp(weights, compositions, num_samples, *, sampler, steps, seed, device):
+        return [[targets[i]] * num_samples for i in range(len(compositions))]
+
+    monkeypatch.setattr("kldm_cli.predict.sample_csp", fake_sample_csp)
+    out = tmp_path / "csp.json"
+    result = runner.invoke(
+        app,
+        ["evaluate", "csp", "--weights", str(weights), "--data", str(data), "-k", "3",
+         "--workers", "0", "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "100.00 %" in result.output
+    record = json.loads(out.read_text())
+    assert record["metrics"]["num_candidates"] == 6
+    expected = hashlib.sha256(b"not really weights").hexdigest()
+    assert record["inputs"]["weights"]["sha256"] == expected
+
+
+def test_evaluate_csp_rejects_an_unknown_sampler(tmp_path: Path) -> None:
+    data = write_csv(tmp_path / "test.csv", [rocksalt_nacl()])
+    result = runner.invoke(app, ["evaluate", "csp", "--data", str(data), "--sampler", "ddim"])
+    assert result.exit_code == 2
+    assert "pc or em" in result.output
+
+
+def test_relax_one_tiny_cif(tmp_path: Path, chgnet_model, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("kldm_cli.relax.load_chgnet", lambda device="cpu": chgnet_model)
+    source = write_cifs(tmp_path / "in", [displaced(rocksalt_nacl(5.5), 0.1)]) / "sample_000.cif"
+    out = tmp_path / "relaxed"
+    result = runner.invoke(app, ["relax", str(source), "--out", str(out), "--steps", "3"])
+    assert result.exit_code == 0, result.output
+    (written,) = sorted(out.glob("*.cif"))
+    assert written.name == "rank_001_NaCl.cif"
+    assert len(Structure.from_file(written)) == 2
+    with open(out / "summary.csv") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["rank"] == "1" and row["input"] == "sample_000"
+    assert float(row["energy_per_atom_eV"]) < float(row["initial_energy_per_atom_eV"])
+
+
+def test_relax_a_missing_file_is_a_clean_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["relax", str(tmp_path / "nope.cif"), "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "Error" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_relax_unreadable_structures_are_reported(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "broken.cif").write_text("data_broken\n_cell_length_a 3\n")
+    result = runner.invoke(app, ["relax", str(folder), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "no readable structure" in " ".join(result.output.split())
