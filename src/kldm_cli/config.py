@@ -127,6 +127,10 @@ class SamplerConfig:
     method: Literal["em", "pc"] = "pc"
     num_steps: int = 1000
     corrector_tau: float = 0.25
+    #: Time grid from t01 = 1 to t_min: "uniform", or "power[:RHO]" (EDM-style, evenly spaced
+    #: in t01^(1/RHO), steps shrink towards the data; "power" = "power:2"). See
+    #: :func:`kldm_cli.sampling.time_grid`.
+    time_grid: str = "uniform"
 
 
 @dataclass(frozen=True)

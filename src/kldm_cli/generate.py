@@ -19,7 +19,14 @@ from pymatgen.core import Structure
 
 from kldm_cli.config import KLDMConfig
 from kldm_cli.predict import DEFAULT_BATCH_ATOMS, load_model, resolve_device
-from kldm_cli.sampling import batch_generator, plan_batches, sample, samples_to_records
+from kldm_cli.sampling import (
+    batch_generator,
+    parse_time_grid,
+    plan_batches,
+    sample,
+    samples_to_records,
+    set_threads,
+)
 
 
 def parse_num_atoms(spec: str | None) -> tuple[int, int] | None:
@@ -88,8 +95,14 @@ def generate(
     batch_atoms: int = DEFAULT_BATCH_ATOMS,
     resume: bool = False,
     on_batch: Callable[[int, int], None] | None = None,
+    grid: str | None = None,
+    threads: int | None = None,
 ) -> GenerateResult:
-    """Generate ``n`` crystals into ``out`` (see the module docstring)."""
+    """Generate ``n`` crystals into ``out`` (see the module docstring).
+
+    ``grid`` is the sampler's time grid (``"uniform"``, ``"power[:RHO]"``; default: the model's);
+    ``threads`` the CPU threads (default: one per physical core).
+    """
     from kldm_cli.data.writers import StructureWriter
 
     if n < 1:
@@ -97,6 +110,9 @@ def generate(
     if fmt not in ("cif", "extxyz"):
         raise ValueError(f"Unknown format {fmt!r}; choose cif or extxyz")
     atom_range = parse_num_atoms(num_atoms)
+    if grid is not None:
+        parse_time_grid(grid)
+    set_threads(threads)
     loaded = load_model(weights, "dng", device)
     config = loaded.model.config
     plan = plan_num_atoms(config, n, seed, atom_range)
@@ -111,6 +127,7 @@ def generate(
         config.sampler,
         method=method or config.sampler.method,  # type: ignore[arg-type]
         num_steps=steps or config.sampler.num_steps,
+        time_grid=grid or config.sampler.time_grid,
     )
     target = resolve_device(device)
     result = GenerateResult(model_source=loaded.source, notice=loaded.notice)
@@ -130,7 +147,7 @@ def generate(
             metadata = {
                 "formula": structure.composition.formula.replace(" ", ""), "sample_index": index,
                 "seed": seed, "model": loaded.source, "sampler": sampler.method,
-                "steps": sampler.num_steps,
+                "steps": sampler.num_steps, "grid": sampler.time_grid,
             }  # fmt: skip
             result.files.append(writer.write(structure, index, metadata))
             result.structures.append(structure)

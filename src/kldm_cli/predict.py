@@ -23,7 +23,14 @@ from pymatgen.core import Structure
 from kldm_cli.config import KLDMConfig, SamplerConfig
 from kldm_cli.data.formula import parse_formula
 from kldm_cli.model import KLDM
-from kldm_cli.sampling import batch_generator, plan_batches, sample, samples_to_records
+from kldm_cli.sampling import (
+    batch_generator,
+    parse_time_grid,
+    plan_batches,
+    sample,
+    samples_to_records,
+    set_threads,
+)
 
 #: Default number of atoms per sampling batch (the fully connected graph grows as atoms²
 #: per crystal, so this bounds memory and keeps a laptop responsive).
@@ -138,17 +145,21 @@ def sample_model(
     device: str = "cpu",
     batch_atoms: int = DEFAULT_BATCH_ATOMS,
     on_batch: Callable[[list[int], list[Structure]], None] | None = None,
+    grid: str | None = None,
 ) -> list[list[Structure]]:
     """``num_samples`` candidates for each composition (lists of atomic numbers).
 
     Candidates are sampled in batches of at most ``batch_atoms`` atoms; ``on_batch`` gets the
     flat job indices (composition index * num_samples + sample index) and structures of each
-    finished batch.
+    finished batch. ``grid`` is the time grid (``"uniform"``, ``"power[:RHO]"``; default: the
+    model's).
     """
     jobs = [list(c) for c in compositions for _ in range(num_samples)]
     for composition in {tuple(c) for c in jobs}:
         check_composition(model.config, composition, "composition")
     sampler = replace(model.config.sampler, method=method, num_steps=steps)  # type: ignore[arg-type]
+    if grid is not None:
+        sampler = replace(sampler, time_grid=grid)
     results: list[Structure | None] = [None] * len(jobs)
     target = resolve_device(device)
     for batch_number, indices in enumerate(plan_batches([len(j) for j in jobs], batch_atoms)):
@@ -219,17 +230,23 @@ def predict(
     batch_atoms: int = DEFAULT_BATCH_ATOMS,
     relax: bool = False,
     on_batch: Callable[[int, int], None] | None = None,
+    grid: str | None = None,
+    threads: int | None = None,
 ) -> PredictResult:
     """Predict ``num_samples`` structures of ``formula`` and write them to ``out``.
 
     Everything that can be checked is checked before sampling: the formula, the output folder,
-    the model (task, elements, atom range).
+    the model (task, elements, atom range). ``grid`` is the sampler's time grid (default: the
+    model's); ``threads`` the CPU threads (default: one per physical core).
     """
     from kldm_cli.data.writers import StructureWriter
 
     if fmt not in ("cif", "extxyz"):
         raise ValueError(f"Unknown format {fmt!r}; choose cif or extxyz")
     parse_formula(formula)  # a bad formula is refused before the model is even loaded
+    if grid is not None:
+        parse_time_grid(grid)
+    set_threads(threads)
     loaded = load_model(weights, "csp", device)
     config = loaded.model.config
     plan = plan_compositions(config, formula, num_samples, formula_units)
@@ -237,13 +254,14 @@ def predict(
     result = PredictResult(model_source=loaded.source, notice=loaded.notice)
     method = method or config.sampler.method
     steps = steps or config.sampler.num_steps
+    grid = grid or config.sampler.time_grid
 
     def write_batch(indices: list[int], structures: list[Structure]) -> None:
         for index, structure in zip(indices, structures, strict=True):
             metadata = {
                 "formula": structure.composition.formula.replace(" ", ""),
                 "requested_formula": formula, "sample_index": index, "seed": seed,
-                "model": loaded.source, "sampler": method, "steps": steps,
+                "model": loaded.source, "sampler": method, "steps": steps, "grid": grid,
             }  # fmt: skip
             result.files.append(writer.write(structure, index, metadata))
             result.structures.append(structure)
@@ -252,7 +270,7 @@ def predict(
 
     sample_model(
         loaded.model, plan, 1, method=method, steps=steps, seed=seed, device=device,
-        batch_atoms=batch_atoms, on_batch=write_batch,
+        batch_atoms=batch_atoms, on_batch=write_batch, grid=grid,
     )  # fmt: skip
     if relax:
         from kldm_cli.relax import rank_candidates, relax_structures

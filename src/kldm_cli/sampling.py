@@ -7,10 +7,25 @@ Both walk a time grid ``t01`` from 1 (prior) to ``t_min`` and update every modal
   velocities/positions, the lattice VP-SDE and (DNG) the atom types;
 - ``pc``: a Langevin corrector step (step size ``tau``) at time t, then a predictor step —
   two network evaluations per step, as in the paper's KLDM (PC) rows.
+
+The grid is uniform by default; ``SamplerConfig.time_grid = "power[:ρ]"`` concentrates the steps
+near the data end (see :func:`time_grid`).
+
+Engine (what makes a step cheap; ``benchmarks/bench_sampling.py`` measures it):
+
+- everything that does not depend on the noisy state is computed once per batch, not once per
+  network evaluation: the edge list and its pairing, in-degrees and atoms per crystal
+  (:class:`~kldm_cli.nn.cspnet.EdgeGraph`) and, for CSP, the one-hot node features;
+- the whole batch is one tensor program (no Python loop over crystals), batches are filled up to
+  an atom budget (:func:`plan_batches`), and sampling runs under ``torch.inference_mode``;
+- on CUDA, opt-in and unmeasured so far: ``cuda_graph=True`` captures one sampler step in a CUDA
+  graph and replays it; ``bf16=True`` runs the network under bf16 autocast.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,6 +36,12 @@ from kldm_cli.config import SamplerConfig
 from kldm_cli.data.batch import batch_index_from_num_atoms, fully_connected_edges
 from kldm_cli.data.records import CrystalRecord
 from kldm_cli.model import KLDM, SampleState
+from kldm_cli.nn import NetworkOutput
+from kldm_cli.nn.cspnet import EdgeGraph
+
+#: Exponent of ``time_grid="power"`` when none is given (``"power"`` = ``"power:2"``).
+DEFAULT_GRID_POWER = 2.0
+TIME_GRIDS = ("uniform", "power")
 
 
 @dataclass
@@ -43,13 +64,95 @@ class Samples:
         ]
 
 
-def time_grid(num_steps: int, t_min: float = 1e-3, device: torch.device | str = "cpu") -> Tensor:
-    """The ``num_steps + 1`` times from 1 down to ``t_min`` (uniform)."""
+# ---------------------------------------------------------------------- time grid
+def parse_time_grid(spec: str) -> tuple[str, float]:
+    """``"uniform"`` → ("uniform", 1.0); ``"power"`` → ("power", 2.0); ``"power:3"`` →
+    ("power", 3.0). Raises ``ValueError`` naming the offending spec."""
+    name, _, argument = spec.strip().partition(":")
+    if name not in TIME_GRIDS:
+        raise ValueError(f"Unknown time grid {spec!r}; choose uniform, power or power:RHO")
+    if name == "uniform":
+        if argument:
+            raise ValueError(f"the uniform time grid takes no parameter, got {spec!r}")
+        return name, 1.0
+    try:
+        power = float(argument) if argument else DEFAULT_GRID_POWER
+    except ValueError as err:
+        raise ValueError(f"time grid {spec!r}: RHO must be a number") from err
+    if not power >= 1.0:
+        raise ValueError(f"time grid {spec!r}: RHO must be >= 1 (1 is the uniform grid)")
+    return name, power
+
+
+def time_grid(
+    num_steps: int,
+    t_min: float = 1e-3,
+    device: torch.device | str = "cpu",
+    kind: str = "uniform",
+) -> Tensor:
+    """The ``num_steps + 1`` times from 1 down to ``t_min`` (float64, strictly decreasing).
+
+    ``kind="uniform"``: evenly spaced. ``kind="power:ρ"`` (``"power"``: ρ = 2): the EDM-style
+    grid of Karras et al. (2022, eq. 5) in ``t01``,
+
+        t_i = (1 + (i / num_steps) (t_min^{1/ρ} - 1))^ρ,
+
+    evenly spaced in ``t01^{1/ρ}``, so steps shrink towards the data end (ρ = 1 is uniform).
+    """
     if num_steps < 1:
         raise ValueError(f"the number of steps must be at least 1, got {num_steps}")
-    return torch.linspace(1.0, t_min, num_steps + 1, device=device, dtype=torch.float64)
+    if not 0.0 < t_min < 1.0:
+        raise ValueError(f"t_min must lie in (0, 1), got {t_min}")
+    name, power = parse_time_grid(kind)
+    if name == "uniform" or power == 1.0:
+        return torch.linspace(1.0, t_min, num_steps + 1, device=device, dtype=torch.float64)
+    ramp = torch.linspace(1.0, t_min ** (1.0 / power), num_steps + 1, dtype=torch.float64)
+    grid = ramp.pow(power)
+    grid[0], grid[-1] = 1.0, t_min  # exact end points
+    return grid.to(device)
 
 
+# ---------------------------------------------------------------------- threads
+def physical_cores() -> int:
+    """Physical CPU cores available to this process (hyper-threads not counted)."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    cores: set[tuple[str, str]] = set()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            physical, core = "0", None
+            for line in handle:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "physical id":
+                    physical = value
+                elif key == "core id":
+                    core = value
+                elif not key and core is not None:
+                    cores.add((physical, core))
+                    physical, core = "0", None
+            if core is not None:
+                cores.add((physical, core))
+    except OSError:
+        pass
+    count = len(cores) or os.cpu_count() or 1
+    return max(1, min(count, available or count))
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op CPU threads: ``threads``, or the physical cores if ``None``.
+
+    Returns the number set. One thread per physical core is the fastest setting for sampling on
+    an idle machine; on a machine shared with other jobs, fewer threads slow those jobs less.
+    """
+    if threads is None:
+        threads = physical_cores()
+    if threads < 1:
+        raise ValueError(f"the number of threads must be positive, got {threads}")
+    torch.set_num_threads(threads)
+    return threads
+
+
+# ---------------------------------------------------------------------- prior
 def prior_state(
     model: KLDM,
     batch_index: Tensor,
@@ -73,6 +176,64 @@ def _to_device(state: SampleState, device: torch.device) -> SampleState:
     )  # fmt: skip
 
 
+# ---------------------------------------------------------------------- network evaluation
+class _Evaluator:
+    """One network evaluation on a batch whose graph and (CSP) node features are fixed.
+
+    Everything that does not depend on the noisy state is prepared once here and reused by
+    every evaluation of the run (both evaluations of a PC step included).
+    """
+
+    def __init__(
+        self,
+        model: KLDM,
+        type_index: Tensor | None,
+        batch_index: Tensor,
+        edge_index: Tensor,
+        num_crystals: int,
+        bf16: bool = False,
+    ) -> None:
+        self.model = model
+        self.batch_index = batch_index
+        self.edge_index = edge_index
+        self.num_crystals = num_crystals
+        self.bf16 = bf16
+        self.graph = EdgeGraph.build(edge_index, batch_index, num_crystals, model.network_dtype)
+        # CSP: the composition is given, so the node features never change.
+        self.node_features = model.node_features(type_index, None) if model.types is None else None
+
+    def __call__(self, t01: Tensor, state: SampleState) -> NetworkOutput:
+        node_features = self.node_features
+        if node_features is None:
+            node_features = self.model.node_features(None, state.type_state)
+        autocast = (
+            torch.autocast(device_type="cuda", dtype=torch.bfloat16, cache_enabled=False)
+            if self.bf16
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            out = self.model.network(
+                t01=t01,
+                node_features=node_features,
+                frac_coords=state.frac_coords,
+                velocity=state.velocity,
+                lattice_params=state.lattice_params,
+                batch_index=self.batch_index,
+                edge_index=self.edge_index,
+                num_crystals=self.num_crystals,
+                graph=self.graph,
+            )
+        if self.bf16:
+            dtype = state.frac_coords.dtype
+            out = NetworkOutput(
+                velocity=out.velocity.to(dtype),
+                lattice=out.lattice.to(dtype),
+                types=None if out.types is None else out.types.float(),
+            )
+        return out
+
+
+# ---------------------------------------------------------------------- sampling
 @torch.inference_mode()
 def sample(
     model: KLDM,
@@ -81,14 +242,23 @@ def sample(
     sampler: SamplerConfig | None = None,
     generator: torch.Generator | None = None,
     progress: Callable[[int, int], None] | None = None,
+    *,
+    cuda_graph: bool = False,
+    bf16: bool = False,
 ) -> Samples:
     """Run the reverse process for crystals of ``num_atoms`` [B] atoms.
 
     ``atomic_numbers`` [N] is required for CSP (the composition is given) and ignored for DNG.
-    Random draws use ``generator`` (a CPU generator), so a seed fixes the output.
+    Random draws use ``generator``, so a seed fixes the output.
+
+    CUDA only, opt-in (not yet measured on a GPU): ``cuda_graph`` captures one sampler step in a
+    CUDA graph and replays it for every step (CSP, uniform grid; ``generator`` must be a CUDA
+    generator or ``None``); ``bf16`` runs the network under bf16 autocast (the processes stay in
+    float32/float64). Check the match rate before relying on ``bf16``.
     """
     sampler = sampler or model.config.sampler
     device = next(model.parameters()).device
+    _check_engine_options(model, device, sampler, generator, cuda_graph, bf16)
     num_atoms = num_atoms.to(torch.long).cpu()
     num_crystals = int(num_atoms.numel())
     batch_index, _ = batch_index_from_num_atoms(num_atoms)
@@ -101,35 +271,94 @@ def sample(
 
     state = _to_device(prior_state(model, batch_index, num_crystals, generator), device)
     batch_index, edge_index = batch_index.to(device), edge_index.to(device)
-    grid = time_grid(sampler.num_steps, model.config.train.t_min)
-    for step in range(sampler.num_steps):
-        t, dt = float(grid[step]), float(grid[step + 1] - grid[step])
-        t01 = torch.full((num_crystals,), t, device=device, dtype=state.frac_coords.dtype)
-        if sampler.method == "pc":
-            state = _corrector_step(
-                model, t01, dt, state, type_index, batch_index, edge_index, sampler, generator
+    evaluate = _Evaluator(model, type_index, batch_index, edge_index, num_crystals, bf16)
+    grid = time_grid(sampler.num_steps, model.config.train.t_min, kind=sampler.time_grid)
+    step_fn = _StepFunction(model, evaluate, sampler, generator)
+    if cuda_graph:
+        state = _run_cuda_graph(step_fn, state, grid, progress)
+    else:
+        times, steps = grid.tolist(), (grid[1:] - grid[:-1]).tolist()
+        for step in range(sampler.num_steps):
+            t01 = torch.full(
+                (num_crystals,), times[step], device=device, dtype=state.frac_coords.dtype
             )
-        state = _predictor_step(
-            model, t01, dt, state, type_index, batch_index, edge_index, sampler, generator
-        )
-        if progress is not None:
-            progress(step + 1, sampler.num_steps)
+            state = step_fn(t01, steps[step], state)
+            if progress is not None:
+                progress(step + 1, sampler.num_steps)
     return _finalize(model, state, type_index, num_atoms)
+
+
+def _check_engine_options(
+    model: KLDM,
+    device: torch.device,
+    sampler: SamplerConfig,
+    generator: torch.Generator | None,
+    cuda_graph: bool,
+    bf16: bool,
+) -> None:
+    parse_time_grid(sampler.time_grid)
+    if sampler.method not in ("pc", "em"):
+        raise ValueError(f"Unknown sampler {sampler.method!r}; choose pc or em")
+    if (cuda_graph or bf16) and (device.type != "cuda" or not torch.cuda.is_available()):
+        flag = "cuda_graph" if cuda_graph else "bf16"
+        raise ValueError(f"{flag} needs the model on a CUDA GPU, got device {device}")
+    if not cuda_graph:
+        return
+    if model.types is not None:
+        raise ValueError("cuda_graph supports CSP only (the DNG type steps synchronise)")
+    if parse_time_grid(sampler.time_grid)[0] != "uniform":
+        raise ValueError("cuda_graph needs the uniform time grid (one captured step, fixed dt)")
+    if generator is not None and generator.device.type != "cuda":
+        raise ValueError(
+            "cuda_graph needs a CUDA generator (or None): draws from a CPU generator would be "
+            "frozen into the graph"
+        )
+
+
+class _StepFunction:
+    """One sampler step ``x_t → x_{t+dt}`` (corrector, then predictor for ``pc``)."""
+
+    def __init__(
+        self,
+        model: KLDM,
+        evaluate: _Evaluator,
+        sampler: SamplerConfig,
+        generator: torch.Generator | None,
+    ) -> None:
+        self.model, self.evaluate, self.sampler, self.generator = (
+            model,
+            evaluate,
+            sampler,
+            generator,
+        )
+
+    def __call__(
+        self,
+        t01: Tensor,
+        dt: float,
+        state: SampleState,
+        generator: torch.Generator | None = None,
+    ) -> SampleState:
+        if generator is None:
+            generator = self.generator
+        if self.sampler.method == "pc":
+            state = _corrector_step(
+                self.model, self.evaluate, t01, dt, state, self.sampler, generator
+            )
+        return _predictor_step(self.model, self.evaluate, t01, dt, state, self.sampler, generator)
 
 
 def _predictor_step(
     model: KLDM,
+    evaluate: _Evaluator,
     t01: Tensor,
     dt: float,
     state: SampleState,
-    type_index: Tensor | None,
-    batch_index: Tensor,
-    edge_index: Tensor,
     sampler: SamplerConfig,
     generator: torch.Generator | None,
 ) -> SampleState:
-    num_crystals = t01.numel()
-    out = model.predict(t01, state, type_index, batch_index, edge_index, num_crystals)
+    num_crystals, batch_index = t01.numel(), evaluate.batch_index
+    out = evaluate(t01, state)
     if sampler.method == "pc":
         positions_step, lattice_step = model.positions.step_predictor, model.lattice.step_predictor
     else:
@@ -149,18 +378,16 @@ def _predictor_step(
 
 def _corrector_step(
     model: KLDM,
+    evaluate: _Evaluator,
     t01: Tensor,
     dt: float,
     state: SampleState,
-    type_index: Tensor | None,
-    batch_index: Tensor,
-    edge_index: Tensor,
     sampler: SamplerConfig,
     generator: torch.Generator | None,
 ) -> SampleState:
-    num_crystals = t01.numel()
+    num_crystals, batch_index = t01.numel(), evaluate.batch_index
     tau = sampler.corrector_tau
-    out = model.predict(t01, state, type_index, batch_index, edge_index, num_crystals)
+    out = evaluate(t01, state)
     frac_coords, velocity = model.positions.step_corrector(
         t01, dt, state.frac_coords, state.velocity, out.velocity, batch_index, num_crystals,
         tau=tau, generator=generator,
@@ -176,6 +403,81 @@ def _corrector_step(
             batch_index=batch_index, num_crystals=num_crystals,
         )  # fmt: skip
     return SampleState(frac_coords, velocity, lattice_params, type_state)
+
+
+# ---------------------------------------------------------------------- CUDA graph
+class _StaticStep:
+    """A sampler step on fixed buffers: reads ``t01`` and the state from them and writes the new
+    state back in place, so the same memory serves every step (what a CUDA graph replays)."""
+
+    def __init__(self, step_fn: _StepFunction, state: SampleState, dt: float) -> None:
+        self.step_fn, self.dt = step_fn, dt
+        self.t01 = torch.empty(
+            step_fn.evaluate.num_crystals, device=state.frac_coords.device,
+            dtype=state.frac_coords.dtype,
+        )  # fmt: skip
+        self.state = SampleState(
+            state.frac_coords.clone(), state.velocity.clone(), state.lattice_params.clone(), None
+        )
+
+    def load(self, state: SampleState) -> None:
+        self.state.frac_coords.copy_(state.frac_coords)
+        self.state.velocity.copy_(state.velocity)
+        self.state.lattice_params.copy_(state.lattice_params)
+
+    def __call__(self, generator: torch.Generator | None = None) -> None:
+        new = self.step_fn(self.t01, self.dt, self.state, generator)
+        self.load(new)
+
+    def result(self) -> SampleState:
+        return SampleState(
+            self.state.frac_coords.clone(), self.state.velocity.clone(),
+            self.state.lattice_params.clone(), None,
+        )  # fmt: skip
+
+
+def _run_cuda_graph(
+    step_fn: _StepFunction,
+    state: SampleState,
+    grid: Tensor,
+    progress: Callable[[int, int], None] | None,
+) -> SampleState:
+    """Capture one step in a CUDA graph, then replay it once per grid step.
+
+    Only the uniform grid is allowed (checked before), so ``dt`` is the same at every step and
+    can be a constant of the graph; ``t01`` is a static buffer filled before each replay. Draws
+    inside the graph use the run's CUDA generator registered with the graph (graph-safe Philox
+    offsets), or the default CUDA generator. Warm-up runs on copies with a throw-away generator,
+    so the run's random stream starts where an eager run's would.
+    """
+    times = grid.tolist()
+    num_steps = len(times) - 1
+    dt = (times[-1] - times[0]) / num_steps
+    static = _StaticStep(step_fn, state, dt)
+    device = state.frac_coords.device
+    warmup_generator = torch.Generator(device=device).manual_seed(0)
+    side_stream = torch.cuda.Stream(device=device)
+    side_stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side_stream):
+        static.t01.fill_(times[0])
+        for _ in range(2):
+            static(warmup_generator)
+    torch.cuda.current_stream(device).wait_stream(side_stream)
+    static.load(state)
+    graph = torch.cuda.CUDAGraph()
+    generator = step_fn.generator
+    if generator is not None:
+        if not hasattr(graph, "register_generator_state"):
+            raise ValueError("this torch cannot register a generator with a CUDA graph (< 2.5)")
+        graph.register_generator_state(generator)
+    with torch.cuda.graph(graph):
+        static()
+    for step in range(num_steps):
+        static.t01.fill_(times[step])
+        graph.replay()
+        if progress is not None:
+            progress(step + 1, num_steps)
+    return static.result()
 
 
 def _finalize(

@@ -29,6 +29,15 @@ def generate_command(
         None, "--num-atoms", help="Atoms per cell: N or LOW-HIGH."
     ),
     batch_atoms: int = typer.Option(4096, "--batch-atoms", min=1, help="Atoms per sampling batch."),
+    grid: str | None = typer.Option(
+        None,
+        "--grid",
+        help="Sampler time grid: uniform, or power[:RHO] (steps shrink towards the data; "
+        "power = power:2). Default: the model's (uniform).",
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="CPU threads (default: one per physical core)."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
 ) -> None:
     """Generate new crystals (species, coordinates and lattice)."""
@@ -56,7 +65,7 @@ def generate_command(
         result = generate(
             n, weights=weights, out=out, fmt=fmt, method=sampler, steps=steps, seed=seed,
             device=device, num_atoms=num_atoms, batch_atoms=batch_atoms, resume=resume,
-            on_batch=on_batch,
+            on_batch=on_batch, grid=grid, threads=threads,
         )  # fmt: skip
     if result.notice:
         err_console.print(result.notice)

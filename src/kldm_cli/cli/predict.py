@@ -31,6 +31,15 @@ def predict_command(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     formula_units: str = typer.Option("1", "--formula-units", help="Z: an integer, or 'auto'."),
     batch_atoms: int = typer.Option(4096, "--batch-atoms", min=1, help="Atoms per sampling batch."),
+    grid: str | None = typer.Option(
+        None,
+        "--grid",
+        help="Sampler time grid: uniform, or power[:RHO] (steps shrink towards the data; "
+        "power = power:2). Default: the model's (uniform).",
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="CPU threads (default: one per physical core)."
+    ),
     relax: bool = typer.Option(False, "--relax", help="Relax with CHGNet and rank by energy."),
 ) -> None:
     """Predict crystal structures for a composition."""
@@ -50,6 +59,7 @@ def predict_command(
             formula, n, weights=weights, out=out, fmt=fmt, method=sampler, steps=steps,
             seed=seed, device=device, formula_units=formula_units, batch_atoms=batch_atoms,
             relax=relax, on_batch=lambda done, total: progress.update(bar, completed=done),
+            grid=grid, threads=threads,
         )  # fmt: skip
     if result.notice:
         err_console.print(result.notice)

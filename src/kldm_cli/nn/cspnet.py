@@ -24,10 +24,17 @@ Two forward formulations share the same parameters (and hence ``state_dict``):
   ``[h_i, h_j, lattice, W_v (v_j - v_i) + b_v, fourier(f_j - f_i)]``, is split by blocks. The
   ``h_i``/``h_j`` blocks are applied once per *atom*, the lattice block once per *crystal*, and the
   velocity projection is folded into the first layer (it is linear, so its edge term is a
-  difference of per-atom terms). Only the Fourier block is an edge-sized matrix product, and the
-  Fourier features are computed once per forward pass and reused by every layer.
+  difference of per-atom terms). Only the Fourier block is an edge-sized matrix product, and it is
+  evaluated once per *unordered* pair of atoms: ``sin`` is odd and ``cos`` even in ``Δf``, so the
+  edge ``(j, i)`` reuses the two products of edge ``(i, j)`` with the sign of the sine part
+  flipped; the ``k = 0`` features (``sin 0 = 0``, ``cos 0 = 1``) are dropped and folded into the
+  bias. The Fourier features are computed once per forward pass and reused by every layer, and the
+  state-independent graph bookkeeping (edge pairing, in-degrees, atoms per crystal) can be built
+  once per batch with :meth:`EdgeGraph.build` and passed to every forward pass (the samplers do).
 * ``fused=False``: the reference formulation (concatenate per edge, one linear layer, Fourier
   features recomputed in every layer), kept for benchmarks and as the test oracle.
+
+Both compute the same function up to floating-point rounding.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from torch import Tensor, nn
 
 from kldm_cli.config import NetworkConfig
 
-__all__ = ["CSPNet", "NetworkOutput", "periodic_fourier_features"]
+__all__ = ["CSPNet", "EdgeGraph", "NetworkOutput", "periodic_fourier_features"]
 
 #: Width of the lattice input: three (normalised) lengths and three (normalised) angles.
 LATTICE_DIM = 6
@@ -110,6 +117,12 @@ def _segment_mean(values: Tensor, index: Tensor, inverse_count: Tensor, size: in
     return total * inverse_count
 
 
+def _plain_inference(tensor: Tensor) -> bool:
+    """No autograd and no autocast: the ``out=`` fast paths apply (autocast skips ``out=`` ops,
+    autograd cannot differentiate them)."""
+    return not torch.is_grad_enabled() and not torch.is_autocast_enabled(tensor.device.type)
+
+
 def _inverse_count(index: Tensor, size: int, dtype: torch.dtype) -> Tensor:
     """``1 / max(count, 1)`` for each value ``0 .. size - 1`` of ``index [M]`` -> ``[size, 1]``."""
     count = torch.zeros(size, dtype=dtype, device=index.device)
@@ -117,29 +130,138 @@ def _inverse_count(index: Tensor, size: int, dtype: torch.dtype) -> Tensor:
     return count.clamp_min(1.0).reciprocal().unsqueeze(-1)
 
 
+def _nonzero_fourier_features(frac_diff: Tensor, num_freqs: int) -> tuple[Tensor, Tensor]:
+    """The ``k >= 1`` columns of :func:`periodic_fourier_features`, sin and cos apart.
+
+    ``[E, 3] -> ([E, 3 (num_freqs - 1)], [E, 3 (num_freqs - 1)])``, axis-major
+    (``d * (num_freqs - 1) + k - 1``). The ``k = 0`` columns are constant (0 and 1).
+    """
+    frequencies = (2.0 * math.pi) * torch.arange(
+        1, num_freqs, dtype=frac_diff.dtype, device=frac_diff.device
+    )
+    angles = (frac_diff.unsqueeze(-1) * frequencies).reshape(
+        frac_diff.shape[0], 3 * (num_freqs - 1)
+    )
+    return angles.sin(), angles.cos()
+
+
+def pair_edges(edge_index: Tensor, num_atoms: int) -> tuple[Tensor, Tensor, int]:
+    """Reorder edges so that every edge sits ``P`` places after its reverse.
+
+    Args:
+        edge_index: ``[2, E]`` long, ``(receiver, sender)`` pairs.
+        num_atoms: ``N``, the number of atoms (a bound on the atom indices).
+
+    Returns:
+        ``(receivers [E], senders [E], P)``: when every edge ``(i, j)`` has exactly one reverse
+        ``(j, i)`` (no self-loops, no duplicates), the first ``P = E / 2`` edges have
+        ``i < j`` and edge ``P + k`` is the reverse of edge ``k``. Otherwise the edges keep their
+        order and ``P = 0``. Synchronises with the device once (call it once per batch).
+    """
+    receivers, senders = edge_index[0], edge_index[1]
+    num_edges = receivers.shape[0]
+    if num_edges == 0 or num_edges % 2:
+        return receivers, senders, 0
+    key = receivers * num_atoms + senders
+    sorted_key, order = torch.sort(key)
+    reverse_key = senders * num_atoms + receivers
+    position = torch.searchsorted(sorted_key, reverse_key).clamp_max(num_edges - 1)
+    paired = (
+        bool((sorted_key[position] == reverse_key).all())
+        and not bool((sorted_key[1:] == sorted_key[:-1]).any())
+        and not bool((receivers == senders).any())
+    )
+    if not paired:
+        return receivers, senders, 0
+    forward = torch.nonzero(receivers < senders).squeeze(1)
+    order = torch.cat([forward, order[position[forward]]])
+    return receivers[order], senders[order], forward.shape[0]
+
+
+@dataclass(frozen=True)
+class EdgeGraph:
+    """State-independent bookkeeping of one batch's graph (the fused path's edge order).
+
+    It depends only on ``edge_index``, ``batch_index`` and ``num_crystals`` (not on coordinates,
+    velocities, lattice or time), so a sampler builds it once per batch and passes it to every
+    network evaluation. Build it with :meth:`build`.
+
+    Attributes:
+        receivers: ``[E]`` atom ``i`` of each edge, in the paired order of :func:`pair_edges`.
+        senders: ``[E]`` atom ``j`` of each edge, same order.
+        num_pairs: ``P``; ``2 P = E`` when the graph is symmetric, 0 otherwise.
+        inverse_degree: ``[N, 1]`` ``1 / max(in-degree, 1)``.
+        inverse_atoms: ``[B, 1]`` ``1 / max(atoms in crystal, 1)``.
+        bag_index: ``[E, 4]`` (paired graphs) rows of the table ``[receiver terms [N];
+            sender terms [N]; cos terms [P]; sin terms [P]]`` that sum to each edge's first-layer
+            pre-activation: ``(i, N + j, 2N + k, 2N + P + k)`` with ``k`` the edge's pair.
+        bag_weights: ``[E, 4]`` the matching signs ``(1, 1, 1, ±1)`` (``-1``: reversed edge).
+    """
+
+    receivers: Tensor
+    senders: Tensor
+    num_pairs: int
+    inverse_degree: Tensor
+    inverse_atoms: Tensor
+    bag_index: Tensor | None = None
+    bag_weights: Tensor | None = None
+
+    @classmethod
+    def build(
+        cls,
+        edge_index: Tensor,
+        batch_index: Tensor,
+        num_crystals: int,
+        dtype: torch.dtype = torch.float32,
+    ) -> EdgeGraph:
+        """The graph of ``edge_index [2, E]`` over atoms ``batch_index [N]`` of ``B`` crystals;
+        ``dtype`` is the network's floating dtype."""
+        num_atoms = batch_index.shape[0]
+        receivers, senders, num_pairs = pair_edges(edge_index, num_atoms)
+        bag_index = bag_weights = None
+        if num_pairs:
+            pair = torch.arange(num_pairs, device=receivers.device).repeat(2)
+            offset = 2 * num_atoms
+            bag_index = torch.stack(
+                [receivers, senders + num_atoms, pair + offset, pair + offset + num_pairs], dim=1
+            )
+            bag_weights = torch.ones(bag_index.shape, dtype=dtype, device=receivers.device)
+            bag_weights[num_pairs:, 3] = -1.0
+        return cls(
+            receivers=receivers,
+            senders=senders,
+            num_pairs=num_pairs,
+            inverse_degree=_inverse_count(edge_index[0], num_atoms, dtype),
+            inverse_atoms=_inverse_count(batch_index, num_crystals, dtype),
+            bag_index=bag_index,
+            bag_weights=bag_weights,
+        )
+
+
 @dataclass
 class _EdgeContext:
     """Per-forward quantities shared by all layers (computed once).
 
     Attributes:
-        receivers: ``[E]`` atom ``i`` of each edge.
-        senders: ``[E]`` atom ``j`` of each edge.
+        graph: the state-independent bookkeeping (fused path edge order).
+        edge_index: ``[2, E]`` the edges as given (reference path).
         batch_index: ``[N]`` crystal of each atom.
-        frac_diff: ``[E, 3]`` ``f_j - f_i``.
         velocity: ``[N, 3]`` atom velocities.
         lattice_params: ``[B, 6]`` lattice numbers.
-        inverse_degree: ``[N, 1]`` ``1 / max(in-degree, 1)``.
-        fourier: ``[E, 6 * num_freqs]`` Fourier features of ``frac_diff`` (fused path only).
+        frac_diff: ``[E, 3]`` ``f_j - f_i`` in the given edge order (reference path only).
+        fourier_sin: ``[P or E, 3 (num_freqs - 1)]`` ``sin(2π k Δf_d)``, ``k >= 1``, for the
+            first ``P`` edges of the paired order (every edge if unpaired); fused path only.
+        fourier_cos: same shape, cosines.
     """
 
-    receivers: Tensor
-    senders: Tensor
+    graph: EdgeGraph
+    edge_index: Tensor
     batch_index: Tensor
-    frac_diff: Tensor
     velocity: Tensor
     lattice_params: Tensor
-    inverse_degree: Tensor
-    fourier: Tensor | None = None
+    frac_diff: Tensor | None = None
+    fourier_sin: Tensor | None = None
+    fourier_cos: Tensor | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,12 +302,47 @@ class CSPLayer(nn.Module):
         """``node_states [N, hidden] -> [N, hidden]``."""
         normed = self.norm(node_states)
         if fused:
-            pre_activation = self._first_edge_linear_fused(normed, context)
+            messages = self._messages_fused(normed, context)
+            aggregated = _segment_mean(
+                messages, context.graph.receivers, context.graph.inverse_degree, normed.shape[0]
+            )
         else:
             pre_activation = self._first_edge_linear_reference(normed, context)
-        messages = self.edge_mlp[1:](pre_activation)
-        aggregated = self._aggregate(messages, normed, context, fused)
+            messages = self.edge_mlp[1:](pre_activation)
+            aggregated = self._aggregate_reference(messages, normed, context)
         return node_states + self.node_mlp(torch.cat([normed, aggregated], dim=-1))
+
+    def _messages_fused(self, normed: Tensor, context: _EdgeContext) -> Tensor:
+        """The edge MLP on the fused first layer -> ``[E, hidden]`` in the graph's edge order.
+
+        Without autograd (sampling) the activations are applied in place, which spares two
+        edge-sized allocations per layer.
+        """
+        in_place = not torch.is_grad_enabled()
+        hidden = F.silu(self._first_edge_linear_fused(normed, context), inplace=in_place)
+        second = self.edge_mlp[2]
+        return F.silu(F.linear(hidden, second.weight, second.bias), inplace=in_place)
+
+    def _fused_weights(self) -> tuple[Tensor, ...]:
+        """Blocks of the first edge layer for the fused path (cheap: parameter-sized).
+
+        Returns ``(w_recv, w_send, w_lattice, crystal_bias, velocity_weight, w_sin, w_cos)``
+        where ``w_sin`` / ``w_cos`` are the Fourier columns with ``k >= 1``, and
+        ``crystal_bias = b + W_v c + Σ_d W_cos[:, d, k=0]`` collects every constant term.
+        """
+        first = self.edge_mlp[0]
+        hidden = first.weight.shape[0]
+        w_recv, w_send, w_lattice, w_velocity, w_fourier = torch.split(
+            first.weight, self.edge_input_sizes, dim=1
+        )
+        w_sin, w_cos = w_fourier.reshape(hidden, 2, 3, self.num_freqs).unbind(1)
+        nonzero = 3 * (self.num_freqs - 1)
+        velocity_weight = w_velocity @ self.velocity_proj.weight  # [hidden, 3]
+        crystal_bias = first.bias + w_velocity @ self.velocity_proj.bias + w_cos[:, :, 0].sum(1)
+        return (
+            w_recv, w_send, w_lattice, crystal_bias, velocity_weight,
+            w_sin[:, :, 1:].reshape(hidden, nonzero), w_cos[:, :, 1:].reshape(hidden, nonzero),
+        )  # fmt: skip
 
     def _first_edge_linear_fused(self, normed: Tensor, context: _EdgeContext) -> Tensor:
         """First edge linear layer, split by input blocks -> ``[E, hidden]``.
@@ -195,27 +352,54 @@ class CSPLayer(nn.Module):
 
         ``(W_i h_i - Q v_i + (W_L L + W_v c + b)[crystal]) + (W_j h_j + Q v_j) + W_f fourier``
 
-        with ``Q = W_v P``: two per-atom terms gathered per edge plus one edge-sized product.
+        with ``Q = W_v P``: two per-atom terms gathered per edge plus the Fourier term
+        ``W_cos cos(2πkΔf) + W_sin sin(2πkΔf)``. For a paired graph the two products are taken
+        once per unordered pair ``k < P`` and edge ``P + k`` (the reverse, ``-Δf``) gets
+        ``W_cos cos - W_sin sin``.
         """
-        first = self.edge_mlp[0]
-        w_recv, w_send, w_lattice, w_velocity, w_fourier = torch.split(
-            first.weight, self.edge_input_sizes, dim=1
+        graph = context.graph
+        w_recv, w_send, w_lattice, crystal_bias, velocity_weight, w_sin, w_cos = (
+            self._fused_weights()
         )
-        velocity_weight = w_velocity @ self.velocity_proj.weight  # [hidden, 3]
-        crystal_bias = first.bias + w_velocity @ self.velocity_proj.bias  # [hidden]
         per_crystal = F.linear(context.lattice_params, w_lattice, crystal_bias)  # [B, hidden]
         per_atom_velocity = F.linear(context.velocity, velocity_weight)  # [N, hidden]
-        receiver_part = (
-            F.linear(normed, w_recv) - per_atom_velocity + per_crystal[context.batch_index]
-        )
-        sender_part = F.linear(normed, w_send) + per_atom_velocity
-        gathered = receiver_part[context.receivers] + sender_part[context.senders]
-        return torch.addmm(gathered, context.fourier, w_fourier.t())
+        receiver_bias = per_crystal.index_select(0, context.batch_index) - per_atom_velocity
+        assert context.fourier_sin is not None and context.fourier_cos is not None
+        if graph.bag_index is not None and _plain_inference(normed):
+            # Inference: write the four kinds of terms into one table and sum each edge's four
+            # rows with one embedding_bag (one pass over the edges instead of five).
+            num_atoms, num_pairs = normed.shape[0], graph.num_pairs
+            table = normed.new_empty(2 * (num_atoms + num_pairs), w_recv.shape[0])
+            receivers, senders, cosines, sines = table.split(
+                [num_atoms, num_atoms, num_pairs, num_pairs]
+            )
+            torch.addmm(receiver_bias, normed, w_recv.t(), out=receivers)
+            torch.addmm(per_atom_velocity, normed, w_send.t(), out=senders)
+            torch.mm(context.fourier_cos, w_cos.t(), out=cosines)
+            torch.mm(context.fourier_sin, w_sin.t(), out=sines)
+            return F.embedding_bag(
+                graph.bag_index, table, mode="sum", per_sample_weights=graph.bag_weights
+            )
+        receiver_part = torch.addmm(receiver_bias, normed, w_recv.t())
+        sender_part = torch.addmm(per_atom_velocity, normed, w_send.t())
+        pre_activation = receiver_part.index_select(0, graph.receivers)
+        pre_activation += sender_part.index_select(0, graph.senders)
+        if graph.num_pairs == 0:
+            pre_activation += torch.mm(context.fourier_sin, w_sin.t())
+            pre_activation += torch.mm(context.fourier_cos, w_cos.t())
+            return pre_activation
+        pairs = pre_activation.view(2, graph.num_pairs, -1)
+        pairs += torch.mm(context.fourier_cos, w_cos.t())  # broadcast over both directions
+        sine = torch.mm(context.fourier_sin, w_sin.t())
+        pairs[0] += sine
+        pairs[1] -= sine
+        return pre_activation
 
     def _first_edge_linear_reference(self, normed: Tensor, context: _EdgeContext) -> Tensor:
         """First edge linear layer on the concatenated per-edge input -> ``[E, hidden]``."""
-        receivers, senders = context.receivers, context.senders
+        receivers, senders = context.edge_index[0], context.edge_index[1]
         velocity_diff = context.velocity[senders] - context.velocity[receivers]
+        assert context.frac_diff is not None
         edge_input = torch.cat(
             [
                 normed[receivers],
@@ -229,12 +413,10 @@ class CSPLayer(nn.Module):
         return self.edge_mlp[0](edge_input)
 
     @staticmethod
-    def _aggregate(messages: Tensor, normed: Tensor, context: _EdgeContext, fused: bool) -> Tensor:
+    def _aggregate_reference(messages: Tensor, normed: Tensor, context: _EdgeContext) -> Tensor:
         """Mean of ``messages [E, hidden]`` over each atom's incoming edges -> ``[N, hidden]``."""
         num_atoms = normed.shape[0]
-        if fused:
-            return _segment_mean(messages, context.receivers, context.inverse_degree, num_atoms)
-        index = context.receivers.unsqueeze(-1).expand_as(messages)
+        index = context.edge_index[0].unsqueeze(-1).expand_as(messages)
         return messages.new_zeros(num_atoms, messages.shape[-1]).scatter_reduce_(
             0, index, messages, reduce="mean", include_self=False
         )
@@ -285,6 +467,7 @@ class CSPNet(nn.Module):
         batch_index: Tensor,
         edge_index: Tensor,
         num_crystals: int,
+        graph: EdgeGraph | None = None,
     ) -> NetworkOutput:
         """Predict velocity, lattice and types for a batch of ``B`` crystals with ``N`` atoms.
 
@@ -297,6 +480,8 @@ class CSPNet(nn.Module):
             batch_index: ``[N]`` long, crystal of each atom.
             edge_index: ``[2, E]`` long, ``(receiver i, sender j)`` pairs within a crystal.
             num_crystals: ``B``.
+            graph: the batch's :class:`EdgeGraph` (built from ``edge_index``, ``batch_index``
+                and ``num_crystals``), to skip rebuilding it; built here when ``None``.
 
         Returns:
             :class:`NetworkOutput` with ``velocity [N, 3]`` (mean-free per crystal),
@@ -313,19 +498,27 @@ class CSPNet(nn.Module):
             edge_index,
             num_crystals,
         )
-        context = self._edge_context(frac_coords, velocity, lattice_params, batch_index, edge_index)
+        if graph is None:
+            graph = EdgeGraph.build(edge_index, batch_index, num_crystals, frac_coords.dtype)
+        elif graph.receivers.shape[0] != edge_index.shape[1]:
+            raise ValueError(
+                f"graph has {graph.receivers.shape[0]} edges but edge_index has "
+                f"{edge_index.shape[1]}; build the EdgeGraph from this batch"
+            )
+        context = self._edge_context(
+            frac_coords, velocity, lattice_params, batch_index, edge_index, graph
+        )
 
         node_states = self._initial_node_states(t01, node_features, batch_index)
         for layer in self.layers:
             node_states = layer(node_states, context, fused=self.fused)
         node_states = self.final_norm(node_states)
 
-        inverse_atoms = _inverse_count(batch_index, num_crystals, node_states.dtype)
+        inverse_atoms = graph.inverse_atoms.to(node_states.dtype)
         velocity_out = self.velocity_head(node_states)
-        velocity_out = (
-            velocity_out
-            - _segment_mean(velocity_out, batch_index, inverse_atoms, num_crystals)[batch_index]
-        )
+        velocity_out = velocity_out - _segment_mean(
+            velocity_out, batch_index, inverse_atoms, num_crystals
+        ).index_select(0, batch_index)
         crystal_states = _segment_mean(node_states, batch_index, inverse_atoms, num_crystals)
         lattice_out = self.lattice_head(crystal_states)
         types_out = self.type_head(node_states) if self.type_head is not None else None
@@ -346,23 +539,28 @@ class CSPNet(nn.Module):
         lattice_params: Tensor,
         batch_index: Tensor,
         edge_index: Tensor,
+        graph: EdgeGraph,
     ) -> _EdgeContext:
         """Layer-independent edge quantities, computed once per forward pass."""
-        receivers, senders = edge_index[0], edge_index[1]
-        frac_diff = frac_coords[senders] - frac_coords[receivers]
-        num_atoms = frac_coords.shape[0]
-        return _EdgeContext(
-            receivers=receivers,
-            senders=senders,
+        context = _EdgeContext(
+            graph=graph,
+            edge_index=edge_index,
             batch_index=batch_index,
-            frac_diff=frac_diff,
             velocity=velocity,
             lattice_params=lattice_params,
-            inverse_degree=_inverse_count(receivers, num_atoms, frac_coords.dtype),
-            fourier=(
-                periodic_fourier_features(frac_diff, self.config.num_freqs) if self.fused else None
-            ),
         )
+        if not self.fused:
+            context.frac_diff = frac_coords[edge_index[1]] - frac_coords[edge_index[0]]
+            return context
+        # Fourier features of the first P edges (one per unordered pair), or of every edge.
+        count = graph.num_pairs or graph.receivers.shape[0]
+        frac_diff = frac_coords.index_select(0, graph.senders[:count]) - frac_coords.index_select(
+            0, graph.receivers[:count]
+        )
+        context.fourier_sin, context.fourier_cos = _nonzero_fourier_features(
+            frac_diff, self.config.num_freqs
+        )
+        return context
 
 
 def _check_config(config: NetworkConfig) -> None:
