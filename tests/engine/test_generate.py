@@ -90,3 +90,24 @@ def test_parse_num_atoms():
     for bad in ("0", "5-2", "a-b"):
         with pytest.raises(ValueError):
             parse_num_atoms(bad)
+
+
+@pytest.mark.parametrize("modality", ["c", "c-ab", "d"])
+def test_each_type_modality_trains_and_generates(tmp_path, modality):
+    from kldm_cli.train import TrainOptions, train
+
+    from .conftest import FIXTURES
+
+    options = TrainOptions(
+        data=FIXTURES / "perov5_small.csv", out=tmp_path / "model", task="dng", types=modality,
+        preset="tiny", batch_size=8, max_steps=3, checkpoint_every=3, cache_dir=tmp_path / "c",
+    )  # fmt: skip
+    train(options)
+    config = KLDMConfig.load(options.out / "config.json")
+    assert config.types is not None and config.types.modality == modality
+    result = generate(3, weights=str(options.out), out=tmp_path / "s", steps=15, method="pc")
+    assert result.written == 3
+    known = set(config.elements)
+    for structure in result.structures:
+        assert {site.specie.Z for site in structure} <= known
+        assert structure.lattice.volume > 0
