@@ -195,6 +195,12 @@ def random_model(task: str, preset: str, train: Path, folder: Path) -> Path:
     return write_model_folder(folder, model.network.state_dict(), config, card)
 
 
+def _preset_of(folder: Path) -> str:
+    """``"<preset> (weights)"`` from a model folder's config.json provenance."""
+    preset = json.loads((folder / "config.json").read_text()).get("provenance", {}).get("preset")
+    return f"{preset or 'custom'} (weights)"
+
+
 def compare(reference: Path, other: Path) -> dict:
     """Largest differences between two engines' samples for the same seed."""
     import torch
@@ -300,7 +306,7 @@ def main() -> None:
         for workload in workloads:
             weights = args.weights if workload == "csp" else args.dng_weights
             models = (
-                [("weights", Path(weights))]
+                [(_preset_of(Path(weights)), Path(weights))]
                 if weights
                 else [
                     (p, random_model(workload, p, args.train, Path(scratch) / f"{workload}-{p}"))
