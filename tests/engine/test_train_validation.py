@@ -5,7 +5,6 @@ import json
 from types import SimpleNamespace
 
 import pytest
-import torch
 from pymatgen.core import Lattice, Structure
 
 import kldm_cli.predict
@@ -15,14 +14,7 @@ from kldm_cli.train import Trainer, TrainOptions, train
 
 from .conftest import FIXTURES
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only add overhead (and thrash on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _options(tmp_path, out, **kw):
