@@ -19,7 +19,10 @@ Engines, compared at equal steps, seed and weights:
 - ``fused``: kldm's engine (per-atom split of the first edge layer, Fourier block once per
   unordered atom pair, state-independent features once per batch, in-place activations);
 - CUDA only, opt-in: ``fused-graph`` (step loop replayed from a CUDA graph), ``fused-bf16``
-  (bf16 autocast), ``fused-graph-bf16``.
+  (bf16 autocast), ``fused-graph-bf16``;
+- ``baseline-reordered``, a control: the baseline with its edge list reversed (the same arithmetic,
+  float sums in another order), showing how much the sampler itself amplifies rounding differences
+  over many steps.
 
 Every (case, engine, repeat) runs in its own subprocess, repeats interleaved across engines
 (baseline, fused, baseline, fused, ...) so that a change in machine load hits both alike. Each
@@ -54,7 +57,9 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_TEST = DATA / "mp_20" / "test.csv.gz"
 DEFAULT_TRAIN = DATA / "mp_20" / "train.csv.gz"
-ENGINES = ("baseline", "fused", "fused-graph", "fused-bf16", "fused-graph-bf16")
+ENGINES = (
+    "baseline", "fused", "fused-graph", "fused-bf16", "fused-graph-bf16", "baseline-reordered",
+)  # fmt: skip
 DEFAULT_NUM = {"csp": 256, "dng": 1000}
 
 
@@ -102,7 +107,15 @@ def run_case(args: argparse.Namespace) -> dict:
 
     threads = set_threads(args.threads)
     model = load_model(str(args.model), args.workload, args.device).model
-    model.network.fused = args.engine != "baseline"
+    model.network.fused = not args.engine.startswith("baseline")
+    if args.engine == "baseline-reordered":
+        # Control: the baseline with its edges in reversed order, i.e. the same arithmetic with
+        # float sums taken in another order; how far it drifts from the baseline is the drift
+        # the sampler itself gives to rounding differences.
+        import kldm_cli.sampling
+
+        edges = kldm_cli.sampling.fully_connected_edges
+        kldm_cli.sampling.fully_connected_edges = lambda num_atoms: edges(num_atoms).flip(1)
     engine = {"cuda_graph": "graph" in args.engine, "bf16": "bf16" in args.engine}
     compositions, records = _workload(args, model)
     sampler = SamplerConfig(method=args.sampler, num_steps=args.steps, time_grid=args.grid)
