@@ -144,6 +144,9 @@ def evaluate_csp(
     steps: int = 1000,
     seed: int = 0,
     device: str = "cpu",
+    grid: str | None = None,
+    threads: int | None = None,
+    batch_atoms: int | None = None,
     workers: int = 2,
     timeout: float | None = 30.0,
     out: str | Path | None = None,
@@ -153,12 +156,16 @@ def evaluate_csp(
     """MR@k and RMSE of a CSP model on the test structures in ``data``.
 
     Samples ``k`` candidates for the composition of each of the first ``limit`` test structures
-    (all if None) with ``sampler`` ("pc" or "em") in ``steps`` steps from ``seed``, then matches
-    them (``workers`` processes, ``timeout`` seconds per pair). ``sampler_fn`` replaces
-    :func:`kldm_cli.predict.sample_csp` (tests inject a fake one). Returns the record described in
-    the module docstring and writes it to ``out`` if given.
+    (all if None) with ``sampler`` ("pc" or "em") in ``steps`` steps from ``seed`` on the time
+    ``grid`` (default: the model's), in batches of ``batch_atoms`` atoms on ``threads`` CPU
+    threads (default: one per physical core), then matches them (``workers`` processes,
+    ``timeout`` seconds per pair). ``sampler_fn`` replaces :func:`kldm_cli.predict.sample_csp`
+    (tests inject a fake one). Returns the record described in the module docstring and writes it
+    to ``out`` if given.
     """
     from kldm_cli.metrics.csp import CSP_MATCHER_SETTINGS, match_structures
+    from kldm_cli.predict import DEFAULT_BATCH_ATOMS
+    from kldm_cli.sampling import parse_time_grid, set_threads
 
     if k < 1:
         raise ValueError(f"k (candidates per target) must be >= 1, got {k}")
@@ -167,6 +174,12 @@ def evaluate_csp(
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     _check_limit(limit)
+    if grid is not None:
+        parse_time_grid(grid)
+    real_sampler = sampler_fn is None
+    if real_sampler or threads is not None:  # a fake sampler leaves torch's threads alone
+        threads = set_threads(threads)
+    batch_atoms = batch_atoms or DEFAULT_BATCH_ATOMS
     report = progress or (lambda message: None)
     started = time.perf_counter()
 
@@ -179,14 +192,15 @@ def evaluate_csp(
     compositions = [[int(z) for z in record.atomic_numbers] for record in records]
     read_s = time.perf_counter() - started
 
-    real_sampler = sampler_fn is None
     if sampler_fn is None:
         from kldm_cli.predict import sample_csp as sampler_fn
     report(f"sampling {k} candidate(s) for each of {len(targets)} compositions")
     sampling_started = time.perf_counter()
     candidates = sampler_fn(
-        weights, compositions, k, sampler=sampler, steps=steps, seed=seed, device=device
-    )
+        weights, compositions, k, sampler=sampler, steps=steps, seed=seed, device=device,
+        grid=grid, batch_atoms=batch_atoms,
+        on_batch=_batch_reporter(len(compositions) * k, sampling_started, report),
+    )  # fmt: skip
     sampling_s = time.perf_counter() - sampling_started
     if len(candidates) != len(targets) or any(len(c) != k for c in candidates):
         raise ValueError(
@@ -216,6 +230,9 @@ def evaluate_csp(
             "steps": steps,
             "seed": seed,
             "device": device,
+            "grid": grid,
+            "threads": threads,
+            "batch_atoms": batch_atoms,
             "workers": workers,
             "timeout_s": timeout,
             "matcher": dict(CSP_MATCHER_SETTINGS),
@@ -239,6 +256,20 @@ def evaluate_csp(
     if out is not None:
         write_record(record_out, out)
     return _json_safe(record_out)
+
+
+def _batch_reporter(total: int, started: float, report: Progress) -> Callable[..., None]:
+    """An ``on_batch`` callback that reports candidates done, elapsed time and the estimate left."""
+    done = 0
+
+    def on_batch(indices: Sequence[int], structures: Sequence[Any]) -> None:
+        nonlocal done
+        done += len(indices)
+        elapsed = time.perf_counter() - started
+        left = elapsed / done * (total - done)
+        report(f"sampled {done}/{total} candidates in {elapsed:.0f} s (about {left:.0f} s left)")
+
+    return on_batch
 
 
 # ---------------------------------------------------------------------- DNG

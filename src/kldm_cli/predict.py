@@ -196,12 +196,18 @@ def sample_csp(
     steps: int = 1000,
     seed: int = 0,
     device: str = "cpu",
+    grid: str | None = None,
+    batch_atoms: int = DEFAULT_BATCH_ATOMS,
+    on_batch: Callable[[list[int], list[Structure]], None] | None = None,
 ) -> list[list[Structure]]:
-    """Load a CSP model and sample ``num_samples`` candidates per composition."""
+    """Load a CSP model and sample ``num_samples`` candidates per composition.
+
+    ``grid``, ``batch_atoms`` and ``on_batch`` are those of :func:`sample_model`.
+    """
     loaded = load_model(weights, "csp", device)
     return sample_model(
         loaded.model, compositions, num_samples, method=sampler, steps=steps, seed=seed,
-        device=device,
+        device=device, batch_atoms=batch_atoms, on_batch=on_batch, grid=grid,
     )  # fmt: skip
 
 

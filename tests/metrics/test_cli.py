@@ -46,7 +46,7 @@ def test_evaluate_csp_with_a_patched_sampler(
     weights.mkdir()
     (weights / "model.safetensors").write_bytes(b"not really weights")
 
-    def fake_sample_csp(weights, compositions, num_samples, *, sampler, steps, seed, device):
+    def fake_sample_csp(weights, compositions, num_samples, *, sampler, steps, seed, device, **_):
         return [[targets[i]] * num_samples for i in range(len(compositions))]
 
     monkeypatch.setattr("kldm_cli.predict.sample_csp", fake_sample_csp)
@@ -54,11 +54,12 @@ def test_evaluate_csp_with_a_patched_sampler(
     result = runner.invoke(
         app,
         ["evaluate", "csp", "--weights", str(weights), "--data", str(data), "-k", "3",
-         "--workers", "0", "--out", str(out)],
+         "--workers", "0", "--threads", "1", "--grid", "power:3", "--out", str(out)],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "100.00 %" in result.output
     record = json.loads(out.read_text())
+    assert (record["settings"]["grid"], record["settings"]["threads"]) == ("power:3", 1)
     assert record["metrics"]["num_candidates"] == 6
     expected = hashlib.sha256(b"not really weights").hexdigest()
     assert record["inputs"]["weights"]["sha256"] == expected

@@ -26,9 +26,12 @@ class ReturnsTargets:
         self.targets = targets
         self.calls: list[tuple] = []
 
-    def __call__(self, weights, compositions, num_samples, *, sampler, steps, seed, device):
+    def __call__(self, weights, compositions, num_samples, *, sampler, steps, seed, device, **opts):
         self.calls.append((weights, compositions, num_samples, sampler, steps, seed, device))
-        return [[self.targets[i]] * num_samples for i in range(len(compositions))]
+        self.options = opts
+        result = [[self.targets[i]] * num_samples for i in range(len(compositions))]
+        opts["on_batch"](list(range(len(compositions) * num_samples)), sum(result, []))
+        return result
 
 
 def test_evaluate_csp_with_perfect_predictions(tmp_path: Path) -> None:
@@ -36,9 +39,11 @@ def test_evaluate_csp_with_perfect_predictions(tmp_path: Path) -> None:
     data = write_csv(tmp_path / "test.csv", targets)
     fake = ReturnsTargets(targets)
     out = tmp_path / "results" / "csp.json"
+    messages: list[str] = []
     record = evaluate_csp(
-        data, k=2, limit=2, sampler="em", steps=17, seed=5, workers=0, out=out, sampler_fn=fake
-    )
+        data, k=2, limit=2, sampler="em", steps=17, seed=5, grid="power:3", threads=1,
+        batch_atoms=64, workers=0, out=out, sampler_fn=fake, progress=messages.append,
+    )  # fmt: skip
 
     assert record["metrics"]["match_rate"] == 1.0
     assert record["metrics"]["rmse"] == pytest.approx(0.0, abs=1e-6)
@@ -46,12 +51,15 @@ def test_evaluate_csp_with_perfect_predictions(tmp_path: Path) -> None:
     (call,) = fake.calls
     assert call[2:] == (2, "em", 17, 5, "cpu")
     assert [sorted(c) for c in call[1]] == [[3, 3, 8, 8], [11, 17]]
+    assert (fake.options["grid"], fake.options["batch_atoms"]) == ("power:3", 64)
+    assert any("sampled 4/4 candidates" in m for m in messages)
 
     written = json.loads(out.read_text())
     assert written["metrics"] == record["metrics"]
     settings = written["settings"]
     assert (settings["k"], settings["limit"], settings["sampler"]) == (2, 2, "em")
     assert (settings["steps"], settings["seed"]) == (17, 5)
+    assert (settings["grid"], settings["threads"], settings["batch_atoms"]) == ("power:3", 1, 64)
     assert written["inputs"]["data"]["sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
     assert {"kldm", "torch", "pymatgen"} <= set(written["versions"])
     assert {"sampling", "matching", "total"} <= set(written["timing_s"])
@@ -75,6 +83,9 @@ def test_evaluate_csp_refuses_bad_settings(tmp_path: Path) -> None:
         evaluate_csp(data, sampler="ddim", sampler_fn=fake)
     with pytest.raises(ValueError, match="k"):
         evaluate_csp(data, k=0, sampler_fn=fake)
+    with pytest.raises(ValueError, match="grid"):
+        evaluate_csp(data, grid="cubic", sampler_fn=fake)
+    assert fake.calls == []
 
 
 def test_evaluate_dng_without_stability(tmp_path: Path) -> None:

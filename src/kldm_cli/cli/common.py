@@ -12,6 +12,26 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+# Sampler options shared by predict, generate and evaluate csp.
+def batch_atoms_option() -> int:
+    return typer.Option(4096, "--batch-atoms", min=1, help="Atoms per sampling batch.")
+
+
+def grid_option() -> str | None:
+    return typer.Option(
+        None,
+        "--grid",
+        help="Sampler time grid: uniform, or power[:RHO] (steps shrink towards the data; "
+        "power = power:2). Default: the model's (uniform).",
+    )
+
+
+def threads_option() -> int | None:
+    return typer.Option(
+        None, "--threads", min=1, help="CPU threads (default: one per physical core)."
+    )
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Report a library ``ValueError``/``OSError`` as a one-line error and exit code 1."""

@@ -8,7 +8,14 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from kldm_cli.cli.common import console, err_console, user_errors
+from kldm_cli.cli.common import (
+    batch_atoms_option,
+    console,
+    err_console,
+    grid_option,
+    threads_option,
+    user_errors,
+)
 from kldm_cli.cli.relax import missing_extra
 
 app = typer.Typer(
@@ -51,6 +58,9 @@ def csp_command(
     steps: int = typer.Option(1000, "--steps", min=1, help="Sampling steps."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the sampler."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (sampling)."),
+    grid: str | None = grid_option(),
+    threads: int | None = threads_option(),
+    batch_atoms: int = batch_atoms_option(),
     workers: int = typer.Option(2, "--workers", min=0, help="Matching processes (0: in-process)."),
     timeout: float = typer.Option(
         30.0, "--timeout", min=0.0, help="Seconds per candidate/target match; past it: no match."
@@ -67,7 +77,8 @@ def csp_command(
     with user_errors(), missing_extra():
         record = evaluate_csp(
             data, weights=weights, k=k, limit=limit, sampler=sampler, steps=steps, seed=seed,
-            device=device, workers=workers, timeout=timeout, out=out, progress=_progress,
+            device=device, grid=grid, threads=threads, batch_atoms=batch_atoms, workers=workers,
+            timeout=timeout, out=out, progress=_progress,
         )  # fmt: skip
     _warn_skipped(record)
     metrics, timing = record["metrics"], record["timing_s"]

@@ -7,7 +7,14 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from kldm_cli.cli.common import console, err_console, user_errors
+from kldm_cli.cli.common import (
+    batch_atoms_option,
+    console,
+    err_console,
+    grid_option,
+    threads_option,
+    user_errors,
+)
 
 
 def generate_command(
@@ -28,16 +35,9 @@ def generate_command(
     num_atoms: str | None = typer.Option(
         None, "--num-atoms", help="Atoms per cell: N or LOW-HIGH."
     ),
-    batch_atoms: int = typer.Option(4096, "--batch-atoms", min=1, help="Atoms per sampling batch."),
-    grid: str | None = typer.Option(
-        None,
-        "--grid",
-        help="Sampler time grid: uniform, or power[:RHO] (steps shrink towards the data; "
-        "power = power:2). Default: the model's (uniform).",
-    ),
-    threads: int | None = typer.Option(
-        None, "--threads", min=1, help="CPU threads (default: one per physical core)."
-    ),
+    batch_atoms: int = batch_atoms_option(),
+    grid: str | None = grid_option(),
+    threads: int | None = threads_option(),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
 ) -> None:
     """Generate new crystals (species, coordinates and lattice)."""

@@ -8,7 +8,14 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from kldm_cli.cli.common import console, err_console, user_errors
+from kldm_cli.cli.common import (
+    batch_atoms_option,
+    console,
+    err_console,
+    grid_option,
+    threads_option,
+    user_errors,
+)
 
 
 def predict_command(
@@ -30,16 +37,9 @@ def predict_command(
     ),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     formula_units: str = typer.Option("1", "--formula-units", help="Z: an integer, or 'auto'."),
-    batch_atoms: int = typer.Option(4096, "--batch-atoms", min=1, help="Atoms per sampling batch."),
-    grid: str | None = typer.Option(
-        None,
-        "--grid",
-        help="Sampler time grid: uniform, or power[:RHO] (steps shrink towards the data; "
-        "power = power:2). Default: the model's (uniform).",
-    ),
-    threads: int | None = typer.Option(
-        None, "--threads", min=1, help="CPU threads (default: one per physical core)."
-    ),
+    batch_atoms: int = batch_atoms_option(),
+    grid: str | None = grid_option(),
+    threads: int | None = threads_option(),
     relax: bool = typer.Option(False, "--relax", help="Relax with CHGNet and rank by energy."),
 ) -> None:
     """Predict crystal structures for a composition."""
