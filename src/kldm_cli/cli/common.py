@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 console = Console()
 err_console = Console(stderr=True)
@@ -24,6 +25,26 @@ def grid_option() -> str | None:
         help="Sampler time grid: uniform, or power[:RHO] (steps shrink towards the data; "
         "power = power:2). Default: the model's (uniform).",
     )
+
+
+def check_count_and_sampler(n: int, n_hint: str, sampler: str | None) -> None:
+    """Refuse a non-positive structure count or an unknown sampler (exit code 2)."""
+    if n < 1:
+        raise typer.BadParameter(f"must be positive, got {n}", param_hint=n_hint)
+    if sampler not in (None, "pc", "em"):
+        raise typer.BadParameter(f"choose pc or em, got {sampler!r}", param_hint="--sampler")
+
+
+def structures_progress(label: str, *, rate: bool = False) -> Progress:
+    """A rich progress bar counting finished structures (with a structures/s field if ``rate``)."""
+    columns = [
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+    ]
+    if rate:
+        columns.append(TextColumn("{task.fields[rate]}"))
+    return Progress(*columns, TimeElapsedColumn(), console=console)
 
 
 def threads_option() -> int | None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from kldm_cli.cli.common import (
     batch_atoms_option,
+    check_count_and_sampler,
     console,
     err_console,
     grid_option,
+    structures_progress,
     threads_option,
     user_errors,
 )
@@ -46,14 +47,8 @@ def generate_command(
     from kldm_cli.generate import generate
     from kldm_cli.metrics.validity import structural_validity
 
-    if n < 1:
-        raise typer.BadParameter(f"must be positive, got {n}", param_hint="--n")
-    if sampler not in (None, "pc", "em"):
-        raise typer.BadParameter(f"choose pc or em, got {sampler!r}", param_hint="--sampler")
-    progress = Progress(
-        TextColumn("[bold]generate"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console,
-    )  # fmt: skip
+    check_count_and_sampler(n, "--n", sampler)
+    progress = structures_progress("generate", rate=True)
     start = time.perf_counter()
     with user_errors(), progress:
         bar = progress.add_task("generate", total=n, rate="")

@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from kldm_cli.cli.common import (
     batch_atoms_option,
+    check_count_and_sampler,
     console,
     err_console,
     grid_option,
+    structures_progress,
     threads_option,
     user_errors,
 )
@@ -45,14 +46,8 @@ def predict_command(
     """Predict crystal structures for a composition."""
     from kldm_cli.predict import predict
 
-    if n < 1:
-        raise typer.BadParameter(f"must be positive, got {n}", param_hint="-n")
-    if sampler not in (None, "pc", "em"):
-        raise typer.BadParameter(f"choose pc or em, got {sampler!r}", param_hint="--sampler")
-    progress = Progress(
-        TextColumn("[bold]predict"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), console=console,
-    )  # fmt: skip
+    check_count_and_sampler(n, "-n", sampler)
+    progress = structures_progress("predict")
     with user_errors(), progress:
         bar = progress.add_task("predict", total=n)
         result = predict(
