@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -13,12 +14,12 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-# Sampler options shared by predict, generate and evaluate csp.
-def batch_atoms_option() -> int:
+# Sampler options shared by predict, generate and evaluate csp (typer.Option defaults).
+def batch_atoms_option() -> Any:
     return typer.Option(4096, "--batch-atoms", min=1, help="Atoms per sampling batch.")
 
 
-def grid_option() -> str | None:
+def grid_option() -> Any:
     return typer.Option(
         None,
         "--grid",
@@ -47,7 +48,7 @@ def structures_progress(label: str, *, rate: bool = False) -> Progress:
     return Progress(*columns, TimeElapsedColumn(), console=console)
 
 
-def threads_option() -> int | None:
+def threads_option() -> Any:
     return typer.Option(
         None, "--threads", min=1, help="CPU threads (default: one per physical core)."
     )
