@@ -22,13 +22,7 @@ T_MIN = 1e-3
 ATOMS_PER_CRYSTAL = 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tensors are tiny: intra-op threads only add synchronisation on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_process(name: str, num_classes: int) -> AtomTypeProcess:

@@ -18,7 +18,7 @@ from .reference import (
     simulate_kinetic_langevin,
 )
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 EPS_0 = KineticLangevinConfig(simplified_parameterization=True)  # KLDM-ε₀ (the default)
 EPS = KineticLangevinConfig(simplified_parameterization=False)  # KLDM-ε

@@ -10,7 +10,7 @@ from kldm_cli.diffusion.vp_sde import VPSDE
 
 from .reference import gaussian_mixture_posterior_mean
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_alpha_sigma_match_simulation_of_forward_sde():

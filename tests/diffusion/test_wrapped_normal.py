@@ -16,7 +16,7 @@ from kldm_cli.diffusion.wrapped_normal import (
 
 from .reference import TWO_PI, wn_log_density
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("period", [TWO_PI, 1.0])

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-import torch
 
 from kldm_cli.train import TrainOptions, train
 
@@ -31,12 +30,3 @@ def tiny_csp_model(tmp_path_factory) -> Path:
 def tiny_dng_model(tmp_path_factory) -> Path:
     """A (barely) trained tiny DNG model folder (masking types) on Perov-5 fixtures."""
     return _train_tiny(tmp_path_factory, "dng", "d")
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny models: intra-op threads only add overhead (and thrash on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -34,14 +34,7 @@ from kldm_cli.sampling import (
 ELEMENTS = [3, 8, 26, 29]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine OpenMP's spin-waiting makes
-    several threads far slower than one; results do not depend on it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(task: str = "csp", modality: str = "d") -> KLDM:
