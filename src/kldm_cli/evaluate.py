@@ -283,6 +283,7 @@ def evaluate_dng(
     hull_reference: Sequence[str | Path] | None = None,
     relax_steps: int = 500,
     reference_relax_steps: int = 0,
+    elemental_crystals: bool = True,
     fmax: float = 0.1,
     device: str = "cpu",
     dataset_name: str = "mp_20",
@@ -298,7 +299,8 @@ def evaluate_dng(
     the Wasserstein distances (CDVAE compares with the test set; default: ``reference``).
     ``dataset_name`` picks the coverage cutoffs. With ``stability``, samples are relaxed with
     CHGNet (``relax_steps``, ``fmax``) and placed on a CHGNet hull of the reference structures
-    (single-point, or ``reference_relax_steps`` of relaxation).
+    (single-point, or ``reference_relax_steps`` of relaxation), with ASE's crystal of each
+    sample element added as an elemental reference when ``elemental_crystals`` is set.
     """
     from kldm_cli.metrics import dng
     from kldm_cli.metrics.validity import compositional_validity, structural_validity
@@ -400,8 +402,8 @@ def evaluate_dng(
         hull_info = _stability(
             structures, struct_valid, unique.is_unique, novel.is_novel, per_sample, metrics,
             reference_structures if hull_reference is None else None, hull_reference,
-            relax_steps=relax_steps, reference_relax_steps=reference_relax_steps, fmax=fmax,
-            device=device, report=report,
+            relax_steps=relax_steps, reference_relax_steps=reference_relax_steps,
+            elemental_crystals=elemental_crystals, fmax=fmax, device=device, report=report,
         )  # fmt: skip
         lap("stability")
 
@@ -429,6 +431,7 @@ def evaluate_dng(
             "stability": stability,
             "relax_steps": relax_steps if stability else None,
             "reference_relax_steps": reference_relax_steps if stability else None,
+            "elemental_crystals": elemental_crystals if stability else None,
             "fmax": fmax if stability else None,
             "device": device,
             "samples_metadata": _common_metadata(sample_records),
@@ -455,6 +458,7 @@ def _stability(
     *,
     relax_steps: int,
     reference_relax_steps: int,
+    elemental_crystals: bool,
     fmax: float,
     device: str,
     report: Progress,
@@ -495,7 +499,8 @@ def _stability(
     report("CHGNet energies of the reference structures for the convex hull")
     hull = build_hull_reference(
         [structures[i] for i in to_relax], hull_structures,
-        reference_relax_steps=reference_relax_steps, fmax=fmax, device=device, model=model,
+        reference_relax_steps=reference_relax_steps, add_elemental_crystals=elemental_crystals,
+        fmax=fmax, device=device, model=model,
     )  # fmt: skip
     e_hull = energies_above_hull(relaxed_structures, energies, hull)
     result = stability_metrics(e_hull, is_unique, is_novel, threshold=STABILITY_THRESHOLD)
@@ -518,6 +523,7 @@ def _stability(
         num_failed=hull.num_failed,
         energy_kind=hull.energy_kind,
         elements_with_reference=sorted(hull.elements_with_reference()),
+        elemental_crystals=hull.elemental_crystals,
     )
     return hull_info
 

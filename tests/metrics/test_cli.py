@@ -101,3 +101,27 @@ def test_relax_unreadable_structures_are_reported(tmp_path: Path) -> None:
     result = runner.invoke(app, ["relax", str(folder), "--out", str(tmp_path / "out")])
     assert result.exit_code == 1
     assert "no readable structure" in " ".join(result.output.split())
+
+
+def test_evaluate_dng_passes_the_hull_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = {}
+
+    def fake_evaluate_dng(samples, reference, **options):
+        seen.update(options)
+        keys = ["structural_validity", "compositional_validity", "uniqueness", "novelty",
+                "cov_recall", "cov_precision", "wdist_density", "wdist_num_elements",
+                "stable_rate", "sun_rate"]  # fmt: skip
+        metrics = {"num_samples": 1, "num_hull_unknown": 0, **dict.fromkeys(keys, 0.5)}
+        return {"metrics": metrics, "inputs": {}}
+
+    monkeypatch.setattr("kldm_cli.evaluate.evaluate_dng", fake_evaluate_dng)
+    args = ["evaluate", "dng", "--samples", str(tmp_path), "--reference", str(tmp_path)]
+    result = runner.invoke(app, [*args, "--no-elemental-crystals", "--relax-steps", "7"])
+    assert result.exit_code == 0, result.output
+    assert (seen["elemental_crystals"], seen["relax_steps"]) == (False, 7)
+    assert "S.U.N." in result.output
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert seen["elemental_crystals"] is True

@@ -114,7 +114,7 @@ def test_evaluate_dng_with_chgnet_stability(
     samples = write_cifs(tmp_path / "samples", [displaced(rocksalt_nacl(), 0.05), kcl])
     chlorine = Structure(Lattice.cubic(3.0), ["Cl"], [[0, 0, 0]])
     reference = write_csv(tmp_path / "train.csv", [bcc("Na", 4.23), chlorine, rocksalt_nacl()])
-    record = evaluate_dng(samples, reference, relax_steps=3, workers=0)
+    record = evaluate_dng(samples, reference, relax_steps=3, elemental_crystals=False, workers=0)
     nacl, potassium = record["per_sample"]
     assert abs(nacl["e_above_hull"]) < 0.1  # relaxed rocksalt sits on the hull
     assert nacl["stable"] and not nacl["novel"] and not nacl["sun"]
@@ -124,3 +124,24 @@ def test_evaluate_dng_with_chgnet_stability(
     hull = record["inputs"]["hull_reference"]
     assert hull["energy_kind"] == "single-point"
     assert hull["elements_with_reference"] == ["Cl", "Na"]
+    assert hull["elemental_crystals"] == []
+
+
+def test_ase_elemental_crystals_complete_the_hull(
+    tmp_path: Path, chgnet_model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The K sample has no elemental K in the reference set; ASE's bcc K, relaxed with CHGNet,
+    makes its hull defined. Na gets ASE's bcc Na as a second candidate; Cl has none in ASE."""
+    monkeypatch.setattr("kldm_cli.relax.load_chgnet", lambda device="cpu": chgnet_model)
+    kcl = rocksalt_nacl(6.3)
+    kcl.replace_species({"Na": "K"})
+    samples = write_cifs(tmp_path / "samples", [rocksalt_nacl(), kcl])
+    chlorine = Structure(Lattice.cubic(3.0), ["Cl"], [[0, 0, 0]])
+    reference = write_csv(tmp_path / "train.csv", [bcc("Na", 4.23), chlorine, rocksalt_nacl()])
+    record = evaluate_dng(samples, reference, relax_steps=3, workers=0)
+    hull = record["inputs"]["hull_reference"]
+    assert hull["elemental_crystals"] == ["K", "Na"]
+    assert hull["elements_with_reference"] == ["Cl", "K", "Na"]
+    assert record["metrics"]["num_hull_unknown"] == 0
+    assert all(entry["e_above_hull"] is not None for entry in record["per_sample"])
+    assert record["settings"]["elemental_crystals"] is True

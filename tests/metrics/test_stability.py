@@ -7,6 +7,8 @@ from pymatgen.core import Lattice, Structure
 
 from kldm_cli.metrics.stability import (
     HullReference,
+    chemical_system,
+    elemental_crystals,
     energies_above_hull,
     relevant_reference,
     stability_metrics,
@@ -63,3 +65,17 @@ def test_only_reference_structures_within_a_sample_system_are_needed() -> None:
     reference = [unary("Na"), unary("Cl"), unary("K"), rocksalt_nacl(), na2cl()]
     assert relevant_reference([cscl_nacl()], reference) == [0, 1, 3, 4]
     assert relevant_reference([unary("K")], reference) == [2]
+
+
+def test_elemental_crystals_have_the_reference_state_symmetry() -> None:
+    """ASE's reference crystals, checked by their space group (spglib through pymatgen)."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    crystals = elemental_crystals(["Fe", "Cu", "Ti", "Si", "O", "Fe"])
+    assert sorted(crystals) == ["Cu", "Fe", "Si", "Ti"]  # O has no crystal state in ASE
+    space_groups = {
+        symbol: SpacegroupAnalyzer(structure).get_space_group_number()
+        for symbol, structure in crystals.items()
+    }
+    assert space_groups == {"Fe": 229, "Cu": 225, "Ti": 194, "Si": 227}
+    assert all(set(chemical_system(s)) == {symbol} for symbol, s in crystals.items())

@@ -128,6 +128,12 @@ def dng_command(
         min=0,
         help="CHGNet steps per hull structure (0: single point on the stored structure).",
     ),  # fmt: skip
+    elemental_crystals: bool = typer.Option(
+        True,
+        "--elemental-crystals/--no-elemental-crystals",
+        help="Add ASE's crystal of each sample element (bcc Fe, hcp Ti, ...), relaxed with "
+        "CHGNet, to the hull's elemental references.",
+    ),  # fmt: skip
     dataset_name: str = typer.Option(
         "mp_20", "--dataset", help="Coverage cutoffs: mp_20, carbon_24 or perov_5."
     ),
@@ -147,7 +153,8 @@ def dng_command(
         record = evaluate_dng(
             samples, reference, test=test, limit=limit, stability=stability,
             hull_reference=hull_reference or None, relax_steps=relax_steps,
-            reference_relax_steps=reference_relax_steps, dataset_name=dataset_name,
+            reference_relax_steps=reference_relax_steps, elemental_crystals=elemental_crystals,
+            dataset_name=dataset_name,
             device=device, workers=workers, timeout=timeout, out=out, progress=_progress,
         )  # fmt: skip
     _warn_skipped(record)

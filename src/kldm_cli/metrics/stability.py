@@ -10,7 +10,12 @@ energy from CHGNet so that samples and hull share one energy model:
    relaxation steps. A structure CHGNet cannot handle is left out (and counted).
 3. Each becomes a pymatgen ``PDEntry(composition, E_total)`` with E_total = CHGNet energy per
    atom × number of atoms (eV). Elemental references are the lowest-energy single-element
-   structures *of the reference set*; none is invented.
+   structures of the reference set, plus (by default) the reference crystal of each sample
+   element from ASE's ``reference_states`` (bcc Fe, hcp Ti, diamond Si, ...), relaxed with
+   CHGNet. Training sets such as MP-20 hold a single-element structure for only a few dozen
+   elements, so without these most hulls would be undefined. Adding candidates can only lower an
+   elemental reference, so this never makes a sample look more stable than the dataset's own
+   elemental phases would.
 4. A sample's energy above the hull is ``PhaseDiagram.get_e_above_hull(entry,
    allow_negative=True)`` for the phase diagram of its own chemical system (negative: below the
    reference hull). Its energy is the CHGNet energy of the sample after CHGNet relaxation.
@@ -24,13 +29,16 @@ unknowns is reported). S.U.N. = stable, unique and novel; both rates divide by a
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 from pymatgen.core import Structure
 
 #: E_hull below this (eV/atom) counts as stable (the MatterGen / KLDM convention).
 STABILITY_THRESHOLD = 0.1
+
+#: CHGNet relaxation steps for the ASE elemental crystals (1–4 atoms: a few seconds each).
+ELEMENTAL_RELAX_STEPS = 200
 
 
 def chemical_system(structure: Structure) -> frozenset[str]:
@@ -54,11 +62,13 @@ class HullReference:
     """CHGNet energies (eV/atom) of the reference structures that were evaluated.
 
     ``energies[i]`` belongs to ``structures[i]``; None where CHGNet failed (left out of the
-    hull). ``energy_kind`` is "single-point" or "relaxed (N steps)"."""
+    hull). ``energy_kind`` is "single-point" or "relaxed (N steps)" (for the reference set);
+    ``elemental_crystals`` names the elements whose ASE reference crystal was added."""
 
     structures: list[Structure]
     energies: list[float | None]
     energy_kind: str
+    elemental_crystals: list[str] = field(default_factory=list)
 
     @property
     def num_failed(self) -> int:
@@ -73,16 +83,36 @@ class HullReference:
         }
 
 
+def elemental_crystals(elements: Iterable[str]) -> dict[str, Structure]:
+    """ASE's reference crystal (``ase.build.bulk`` from ``ase.data.reference_states``) of each
+    element that has one; elements without one (H, N, O, halogens, ...) are left out."""
+    from ase.build import bulk
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    crystals = {}
+    for symbol in sorted(set(elements)):
+        try:
+            atoms = bulk(symbol)
+        except (ValueError, KeyError, RuntimeError, NotImplementedError):
+            continue  # no crystal reference state in ASE
+        crystals[symbol] = AseAtomsAdaptor.get_structure(atoms)
+    return crystals
+
+
 def build_hull_reference(
     samples: Sequence[Structure],
     reference: Sequence[Structure],
     *,
     reference_relax_steps: int = 0,
+    add_elemental_crystals: bool = True,
+    elemental_relax_steps: int = ELEMENTAL_RELAX_STEPS,
     fmax: float = 0.1,
     device: str = "cpu",
     model: object = None,
 ) -> HullReference:
-    """CHGNet energies of the reference structures relevant to ``samples`` (see module doc)."""
+    """CHGNet energies of the reference structures relevant to ``samples`` and, with
+    ``add_elemental_crystals``, of ASE's crystal of each sample element after
+    ``elemental_relax_steps`` of CHGNet relaxation (see module doc)."""
     from kldm_cli.relax import load_chgnet, predict_energies, relax_structures
 
     structures = [reference[i] for i in relevant_reference(samples, reference)]
@@ -96,7 +126,17 @@ def build_hull_reference(
     else:
         energies = predict_energies(structures, device=device, model=model)
         kind = "single-point"
-    return HullReference(structures, energies, kind)
+    hull = HullReference(list(structures), energies, kind)
+    if add_elemental_crystals:
+        crystals = elemental_crystals(set().union(*map(chemical_system, samples)))
+        relaxed = relax_structures(
+            list(crystals.values()), steps=elemental_relax_steps, fmax=fmax, device=device,
+            model=model,
+        )  # fmt: skip
+        hull.structures.extend(r.structure or r.initial_structure for r in relaxed)
+        hull.energies.extend(r.energy_per_atom for r in relaxed)
+        hull.elemental_crystals = list(crystals)
+    return hull
 
 
 def energies_above_hull(
