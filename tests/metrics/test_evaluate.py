@@ -105,15 +105,22 @@ def test_evaluate_dng_without_stability(tmp_path: Path) -> None:
     assert json.loads(out.read_text())["settings"]["dataset_name"] == "mp_20"
 
 
-def test_evaluate_dng_with_chgnet_stability(
-    tmp_path: Path, chgnet_model, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("kldm_cli.relax.load_chgnet", lambda device="cpu": chgnet_model)
+def nacl_and_kcl_without_elemental_k(tmp_path: Path) -> tuple[Path, Path]:
+    """Samples: slightly displaced rocksalt NaCl and rocksalt KCl. Reference: bcc Na, a Cl
+    cell and rocksalt NaCl, so K has no elemental structure in the reference set."""
     kcl = rocksalt_nacl(6.3)
     kcl.replace_species({"Na": "K"})
     samples = write_cifs(tmp_path / "samples", [displaced(rocksalt_nacl(), 0.05), kcl])
     chlorine = Structure(Lattice.cubic(3.0), ["Cl"], [[0, 0, 0]])
     reference = write_csv(tmp_path / "train.csv", [bcc("Na", 4.23), chlorine, rocksalt_nacl()])
+    return samples, reference
+
+
+def test_evaluate_dng_with_chgnet_stability(
+    tmp_path: Path, chgnet_model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("kldm_cli.relax.load_chgnet", lambda device="cpu": chgnet_model)
+    samples, reference = nacl_and_kcl_without_elemental_k(tmp_path)
     record = evaluate_dng(samples, reference, relax_steps=3, elemental_crystals=False, workers=0)
     nacl, potassium = record["per_sample"]
     assert abs(nacl["e_above_hull"]) < 0.1  # relaxed rocksalt sits on the hull
@@ -133,11 +140,7 @@ def test_ase_elemental_crystals_complete_the_hull(
     """The K sample has no elemental K in the reference set; ASE's bcc K, relaxed with CHGNet,
     makes its hull defined. Na gets ASE's bcc Na as a second candidate; Cl has none in ASE."""
     monkeypatch.setattr("kldm_cli.relax.load_chgnet", lambda device="cpu": chgnet_model)
-    kcl = rocksalt_nacl(6.3)
-    kcl.replace_species({"Na": "K"})
-    samples = write_cifs(tmp_path / "samples", [rocksalt_nacl(), kcl])
-    chlorine = Structure(Lattice.cubic(3.0), ["Cl"], [[0, 0, 0]])
-    reference = write_csv(tmp_path / "train.csv", [bcc("Na", 4.23), chlorine, rocksalt_nacl()])
+    samples, reference = nacl_and_kcl_without_elemental_k(tmp_path)
     record = evaluate_dng(samples, reference, relax_steps=3, workers=0)
     hull = record["inputs"]["hull_reference"]
     assert hull["elemental_crystals"] == ["K", "Na"]

@@ -126,7 +126,7 @@ def build_hull_reference(
     else:
         energies = predict_energies(structures, device=device, model=model)
         kind = "single-point"
-    hull = HullReference(list(structures), energies, kind)
+    hull = HullReference(structures, energies, kind)
     if add_elemental_crystals:
         crystals = elemental_crystals(set().union(*map(chemical_system, samples)))
         relaxed = relax_structures(
