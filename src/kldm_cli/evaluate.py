@@ -286,6 +286,7 @@ def evaluate_dng(
     elemental_crystals: bool = True,
     fmax: float = 0.1,
     device: str = "cpu",
+    threads: int | None = None,
     dataset_name: str = "mp_20",
     workers: int = 2,
     timeout: float | None = 120.0,
@@ -300,10 +301,12 @@ def evaluate_dng(
     ``dataset_name`` picks the coverage cutoffs. With ``stability``, samples are relaxed with
     CHGNet (``relax_steps``, ``fmax``) and placed on a CHGNet hull of the reference structures
     (single-point, or ``reference_relax_steps`` of relaxation), with ASE's crystal of each
-    sample element added as an elemental reference when ``elemental_crystals`` is set.
+    sample element added as an elemental reference when ``elemental_crystals`` is set. CHGNet
+    runs on ``threads`` CPU threads (default: one per physical core).
     """
     from kldm_cli.metrics import dng
     from kldm_cli.metrics.validity import compositional_validity, structural_validity
+    from kldm_cli.sampling import set_threads
 
     if dataset_name not in dng.COVERAGE_CUTOFFS:
         raise ValueError(
@@ -311,6 +314,8 @@ def evaluate_dng(
             f"{', '.join(dng.COVERAGE_CUTOFFS)}"
         )
     _check_limit(limit)
+    if stability or threads is not None:
+        threads = set_threads(threads)
     report = progress or (lambda message: None)
     timing: dict[str, float] = {}
     started = clock = time.perf_counter()
@@ -434,6 +439,7 @@ def evaluate_dng(
             "elemental_crystals": elemental_crystals if stability else None,
             "fmax": fmax if stability else None,
             "device": device,
+            "threads": threads,
             "samples_metadata": _common_metadata(sample_records),
         },
         "inputs": inputs,

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from pymatgen.core import Lattice, Structure
 
 from kldm_cli.evaluate import evaluate_csp, evaluate_dng
@@ -88,13 +89,16 @@ def test_evaluate_csp_refuses_bad_settings(tmp_path: Path) -> None:
     assert fake.calls == []
 
 
-def test_evaluate_dng_without_stability(tmp_path: Path) -> None:
+def test_evaluate_dng_without_stability(tmp_path: Path, one_thread: None) -> None:
     samples = write_cifs(
         tmp_path / "samples", [rocksalt_nacl(), rocksalt_nacl(), cscl_nacl(), bcc("Fe", 2.87)]
     )
     reference = write_csv(tmp_path / "train.csv", [rocksalt_nacl(), low_symmetry_crystal()])
     out = tmp_path / "dng.json"
-    record = evaluate_dng(samples, reference, stability=False, workers=0, out=out)
+    torch.set_num_threads(2)
+    record = evaluate_dng(samples, reference, stability=False, threads=1, workers=0, out=out)
+    assert torch.get_num_threads() == 1
+    assert record["settings"]["threads"] == 1
     metrics = record["metrics"]
     assert metrics["num_samples"] == 4
     assert metrics["validity"] == 1.0

@@ -138,6 +138,7 @@ def dng_command(
         "mp_20", "--dataset", help="Coverage cutoffs: mp_20, carbon_24 or perov_5."
     ),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (CHGNet)."),
+    threads: int | None = threads_option(),
     workers: int = typer.Option(2, "--workers", min=0, help="Worker processes (0: in-process)."),
     timeout: float = typer.Option(
         120.0, "--timeout", min=0.0, help="Seconds per matching/fingerprint task."
@@ -154,8 +155,8 @@ def dng_command(
             samples, reference, test=test, limit=limit, stability=stability,
             hull_reference=hull_reference or None, relax_steps=relax_steps,
             reference_relax_steps=reference_relax_steps, elemental_crystals=elemental_crystals,
-            dataset_name=dataset_name,
-            device=device, workers=workers, timeout=timeout, out=out, progress=_progress,
+            dataset_name=dataset_name, device=device, threads=threads,
+            workers=workers, timeout=timeout, out=out, progress=_progress,
         )  # fmt: skip
     _warn_skipped(record)
     metrics = record["metrics"]
