@@ -279,6 +279,7 @@ def evaluate_dng(
     *,
     test: str | Path | None = None,
     limit: int | None = None,
+    start: int = 0,
     stability: bool = True,
     hull_reference: Sequence[str | Path] | None = None,
     relax_steps: int = 500,
@@ -298,7 +299,9 @@ def evaluate_dng(
     ``reference`` is the training set (novelty; composition-fingerprint scaler; the convex hull
     unless ``hull_reference`` lists other files). ``test`` is the held-out set for coverage and
     the Wasserstein distances (CDVAE compares with the test set; default: ``reference``).
-    ``dataset_name`` picks the coverage cutoffs. With ``stability``, samples are relaxed with
+    ``dataset_name`` picks the coverage cutoffs. ``start`` and ``limit`` pick a chunk of the
+    samples (``limit`` samples from index ``start``; records of chunks are merged with
+    :func:`kldm_cli.combine.combine_dng_records`). With ``stability``, samples are relaxed with
     CHGNet (``relax_steps``, ``fmax``) and placed on a CHGNet hull of the reference structures
     (single-point, or ``reference_relax_steps`` of relaxation), with ASE's crystal of each
     sample element added as an elemental reference when ``elemental_crystals`` is set. CHGNet
@@ -314,6 +317,8 @@ def evaluate_dng(
             f"{', '.join(dng.COVERAGE_CUTOFFS)}"
         )
     _check_limit(limit)
+    if start < 0:
+        raise ValueError(f"start must be a sample index ≥ 0, got {start}")
     if stability or threads is not None:
         threads = set_threads(threads)
     report = progress or (lambda message: None)
@@ -328,7 +333,12 @@ def evaluate_dng(
 
     report(f"reading {samples}")
     sample_set = _load(samples, niggli=False, use_cache=False)
-    sample_records = sample_set.records[:limit]
+    if sample_set.records and start >= len(sample_set.records):
+        raise ValueError(
+            f"start {start} is past the last sample: {samples} holds "
+            f"{len(sample_set.records)} readable structures"
+        )
+    sample_records = sample_set.records[start : None if limit is None else start + limit]
     if not sample_records:
         raise ValueError(f"{samples} holds no readable structure")
     structures = [r.to_structure() for r in sample_records]
@@ -391,7 +401,7 @@ def evaluate_dng(
     }
     per_sample = [
         {
-            "index": i,
+            "index": start + i,
             "material_id": record.material_id,
             "formula": structure.composition.reduced_formula,
             "structurally_valid": struct_valid[i],
@@ -425,6 +435,7 @@ def evaluate_dng(
         "metrics": metrics,
         "settings": {
             "limit": limit,
+            "start": start,
             "dataset_name": dataset_name,
             "coverage_cutoffs": {"struct": struct_cutoff, "comp": comp_cutoff},
             "composition_scaler": "fit on the reference set's Magpie fingerprints",

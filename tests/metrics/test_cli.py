@@ -119,12 +119,16 @@ def test_evaluate_dng_passes_the_hull_options(
     monkeypatch.setattr("kldm_cli.evaluate.evaluate_dng", fake_evaluate_dng)
     args = ["evaluate", "dng", "--samples", str(tmp_path), "--reference", str(tmp_path)]
     result = runner.invoke(
-        app, [*args, "--no-elemental-crystals", "--relax-steps", "7", "--threads", "1"]
-    )
+        app,
+        [*args, "--no-elemental-crystals", "--relax-steps", "7", "--threads", "1",
+         "--start", "50", "--limit", "25"],
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert (seen["elemental_crystals"], seen["relax_steps"], seen["threads"]) == (False, 7, 1)
+    assert (seen["start"], seen["limit"]) == (50, 25)
     assert "S.U.N." in result.output
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert seen["elemental_crystals"] is True
     assert seen["threads"] is None
+    assert (seen["start"], seen["limit"]) == (0, None)

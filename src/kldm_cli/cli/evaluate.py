@@ -112,7 +112,12 @@ def dng_command(
         help="Held-out set for coverage and Wasserstein distances, as in CDVAE "
         "(default: --reference; CrystalNN fingerprints take ~0.5 s per structure).",
     ),  # fmt: skip
-    limit: int | None = typer.Option(None, "--limit", min=1, help="Use the first N samples."),
+    limit: int | None = typer.Option(
+        None, "--limit", min=1, help="Use N samples: the first N, or N from --start."
+    ),
+    start: int = typer.Option(
+        0, "--start", min=0, help="First sample (0-based); with --limit, score one chunk."
+    ),
     stability: bool = typer.Option(
         True, "--stability/--no-stability", help="CHGNet relaxation, E_hull, stable and S.U.N. %."
     ),
@@ -152,7 +157,7 @@ def dng_command(
         raise typer.BadParameter(f"must be positive, got {timeout}", param_hint="--timeout")
     with user_errors(), missing_extra():
         record = evaluate_dng(
-            samples, reference, test=test, limit=limit, stability=stability,
+            samples, reference, test=test, limit=limit, start=start, stability=stability,
             hull_reference=hull_reference or None, relax_steps=relax_steps,
             reference_relax_steps=reference_relax_steps, elemental_crystals=elemental_crystals,
             dataset_name=dataset_name, device=device, threads=threads,
@@ -184,3 +189,41 @@ def dng_command(
     console.print(table)
     if out is not None:
         console.print(f"Record written to {out}")
+
+
+@app.command("combine")
+def combine_command(
+    parts: list[Path] = typer.Argument(
+        ..., help="Stability records of chunks of the samples (kldm evaluate dng --start/--limit)."
+    ),
+    base: Path = typer.Option(
+        ..., "--base", help="Record of the whole sample set (usually made with --no-stability)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Write the combined JSON record here."),
+) -> None:
+    """Merge DNG stability measured in chunks into the whole set's record."""
+    from kldm_cli.combine import combine_dng_records, load_records
+    from kldm_cli.evaluate import write_record
+
+    with user_errors():
+        base_record, *part_records = load_records([base, *parts])
+        record = combine_dng_records(
+            base_record, part_records, base_name=str(base), part_names=[str(p) for p in parts]
+        )
+        write_record(record, out)
+    metrics = record["metrics"]
+    table = Table(
+        title=f"DNG stability: {metrics['num_stability_samples']} of {metrics['num_samples']} "
+        f"samples from {len(parts)} records"
+    )
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in [
+        ("stable (E_hull < 0.1 eV/atom)", _percent(metrics["stable_rate"])),
+        ("S.U.N.", _percent(metrics["sun_rate"])),
+        ("E_hull unknown", str(metrics["num_hull_unknown"])),
+        ("mean E_hull of the known (eV/atom)", _number(metrics["mean_e_above_hull"])),
+    ]:
+        table.add_row(name, value)
+    console.print(table)
+    console.print(f"Record written to {out}")
