@@ -42,6 +42,7 @@ class NetworkConfig:
     def preset(cls, name: str, **overrides: Any) -> NetworkConfig:
         presets = {
             "paper": dict(hidden_dim=512, num_layers=6, num_freqs=128, time_dim=256),
+            "medium": dict(hidden_dim=256, num_layers=4, num_freqs=64, time_dim=128),
             "small": dict(hidden_dim=128, num_layers=4, num_freqs=32, time_dim=64),
             "tiny": dict(hidden_dim=32, num_layers=2, num_freqs=8, time_dim=16),
         }

@@ -315,7 +315,7 @@ def test_gradient_reaches_every_parameter(generator):
         assert parameter.grad.abs().max() > 0, name
 
 
-@pytest.mark.parametrize("preset", ["tiny", "small", "paper"])
+@pytest.mark.parametrize("preset", ["tiny", "small", "medium", "paper"])
 def test_presets_build_and_run(preset, generator):
     config = NetworkConfig.preset(preset, node_input_dim=NODE_INPUT_DIM, type_output_dim=2)
     network = CSPNet(config)

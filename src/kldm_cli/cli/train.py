@@ -26,7 +26,9 @@ def train_command(
     out: Path = typer.Option(..., "--out", help="Run folder; resumed if it holds a checkpoint."),
     val: Path | None = typer.Option(None, "--val", help="Validation CSV for loss / match rate."),
     task: str = typer.Option("csp", "--task", help="csp (composition given) or dng (de novo)."),
-    preset: str = typer.Option("small", "--preset", help="Network size: tiny, small or paper."),
+    preset: str = typer.Option(
+        "small", "--preset", help="Network size: tiny, small, medium or paper."
+    ),
     types: str = typer.Option("d", "--types", help="DNG atom types: c (one-hot), c-ab, d (mask)."),
     epochs: int = typer.Option(100, "--epochs", min=1, help="Epochs to train (total, not more)."),
     max_steps: int | None = typer.Option(
