@@ -107,7 +107,7 @@ def combine_dng_records(
     }
     inputs = {
         **base["inputs"],
-        "hull_reference": reference_part["inputs"]["hull_reference"],
+        "hull_reference": _merged_hull_info([part["inputs"]["hull_reference"] for part in parts]),
         "stability_records": [
             {
                 "name": name,
@@ -190,6 +190,18 @@ def _check_part(
             )
     if _hull_files(part) != _hull_files(first):
         raise ValueError(f"{name} built its hull from other files than {first_name}")
+
+
+def _merged_hull_info(infos: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One ``hull_reference`` entry for all chunks: the (shared) files, the union of the elements
+    with an elemental reference and of the ASE crystals added, and the structures evaluated
+    summed over chunks (a structure relevant to two chunks is counted twice)."""
+    merged = dict(infos[0])
+    for key in ("elements_with_reference", "elemental_crystals"):
+        merged[key] = sorted(set().union(*(info.get(key, []) for info in infos)))
+    for key in ("num_structures_evaluated", "num_failed"):
+        merged[key] = sum(info.get(key, 0) for info in infos)
+    return merged
 
 
 def _hull_files(record: dict[str, Any]) -> list[Any]:

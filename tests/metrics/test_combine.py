@@ -66,6 +66,8 @@ def test_chunks_combine_to_the_whole_run(
     assert combined["metrics"]["cov_recall"] == base["metrics"]["cov_recall"]
     assert combined["settings"]["relax_steps"] == 3
     assert len(combined["inputs"]["stability_records"]) == 2
+    # Na and Cl have a reference in both chunks, K in neither
+    assert combined["inputs"]["hull_reference"]["elements_with_reference"] == ["Cl", "Na"]
 
 
 def fake_record(formulas: list[str], e_hull: list[float | None] | None = None) -> dict:
@@ -92,6 +94,22 @@ def chunk(record: dict, start: int, stop: int) -> dict:
     part = copy.deepcopy(record)
     part["per_sample"] = part["per_sample"][start:stop]
     return part
+
+
+def test_hull_elements_are_the_union_of_the_chunks() -> None:
+    base = fake_record(["NaCl", "KBr"])
+    measured = fake_record(["NaCl", "KBr"], [0.0, 0.0])
+    first, second = chunk(measured, 0, 1), chunk(measured, 1, 2)
+    first["inputs"]["hull_reference"].update(
+        elements_with_reference=["Cl", "Na"], elemental_crystals=["Na"], num_structures_evaluated=3
+    )
+    second["inputs"]["hull_reference"].update(
+        elements_with_reference=["Br", "K"], elemental_crystals=["K"], num_structures_evaluated=4
+    )
+    hull = combine_dng_records(base, [first, second])["inputs"]["hull_reference"]
+    assert hull["elements_with_reference"] == ["Br", "Cl", "K", "Na"]
+    assert hull["elemental_crystals"] == ["K", "Na"]
+    assert hull["num_structures_evaluated"] == 7
 
 
 def test_unmeasured_samples_are_left_out_and_unknown_is_not_stable() -> None:
