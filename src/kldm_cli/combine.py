@@ -15,7 +15,6 @@ uniqueness flags (a chunk only sees duplicates inside itself).
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ def combine_dng_records(
     than the first part. ``base_name`` and ``part_names`` (e.g. file paths) name the records in
     errors and in ``inputs.stability_records``.
     """
+    from kldm_cli.evaluate import _now
     from kldm_cli.metrics.stability import STABILITY_THRESHOLD, stability_metrics
 
     names = list(part_names) if part_names is not None else [f"part {i}" for i in range(len(parts))]
@@ -84,7 +84,6 @@ def combine_dng_records(
     )
     for entry, stable, sun in zip(done, result.is_stable, result.is_sun, strict=True):
         entry["stable"], entry["sun"] = stable, sun
-    known = [e for e in result.e_above_hull if e is not None]
     metrics = {
         **{k: v for k, v in base["metrics"].items() if k not in _STABILITY_METRICS},
         "num_stability_samples": len(done),
@@ -94,7 +93,7 @@ def combine_dng_records(
         "num_relax_failed": sum(
             entry["structurally_valid"] and entry["energy_per_atom"] is None for entry in done
         ),
-        "mean_e_above_hull": sum(known) / len(known) if known else None,
+        "mean_e_above_hull": result.mean_e_above_hull,
         "stability_threshold": threshold,
     }
     settings = {
@@ -126,7 +125,7 @@ def combine_dng_records(
     }
     return {
         "task": "dng",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": _now(),
         "combined_from": {"base": base_name, "stability": names},
         "metrics": metrics,
         "settings": settings,

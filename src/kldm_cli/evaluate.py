@@ -526,13 +526,12 @@ def _stability(
         entry["e_above_hull"] = e_hull[i]
         entry["stable"] = result.is_stable[i]
         entry["sun"] = result.is_sun[i]
-    known = [e for e in e_hull if e is not None]
     metrics.update(
         stable_rate=result.stable_rate,
         sun_rate=result.sun_rate,
         num_hull_unknown=result.num_unknown,
         num_relax_failed=sum(r.energy_per_atom is None for r in relaxed),
-        mean_e_above_hull=sum(known) / len(known) if known else None,
+        mean_e_above_hull=result.mean_e_above_hull,
         stability_threshold=result.threshold,
     )
     hull_info.update(

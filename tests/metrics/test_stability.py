@@ -59,6 +59,8 @@ def test_stable_and_sun_rates() -> None:
     assert result.stable_rate == 0.5
     assert result.sun_rate == 0.25
     assert result.num_unknown == 1
+    assert result.mean_e_above_hull == pytest.approx((0.05 + 0.2 - 0.1) / 3)
+    assert stability_metrics([None], [True], [True]).mean_e_above_hull is None
 
 
 def test_only_reference_structures_within_a_sample_system_are_needed() -> None:

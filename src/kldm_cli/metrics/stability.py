@@ -186,6 +186,12 @@ class StabilityResult:
     num_unknown: int
     threshold: float
 
+    @property
+    def mean_e_above_hull(self) -> float | None:
+        """Mean E_hull (eV/atom) of the samples whose E_hull is known; None if none is."""
+        known = [e for e in self.e_above_hull if e is not None]
+        return sum(known) / len(known) if known else None
+
 
 def stability_metrics(
     e_above_hull: Sequence[float | None],
