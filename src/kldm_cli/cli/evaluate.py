@@ -46,6 +46,15 @@ def _warn_skipped(record: dict[str, Any]) -> None:
             )
 
 
+def _stability_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """Table rows of the stability metrics (``kldm evaluate dng`` and ``combine``)."""
+    return [
+        ("stable (E_hull < 0.1 eV/atom)", _percent(metrics["stable_rate"])),
+        ("S.U.N.", _percent(metrics["sun_rate"])),
+        ("E_hull unknown", str(metrics["num_hull_unknown"])),
+    ]
+
+
 @app.command("csp")
 def csp_command(
     data: Path = typer.Option(..., "--data", help="Test set: CDVAE-style CSV (.csv/.csv.gz)."),
@@ -179,11 +188,7 @@ def dng_command(
         ("W #elements", _number(metrics["wdist_num_elements"])),
     ]
     if stability:
-        rows += [
-            ("stable (E_hull < 0.1 eV/atom)", _percent(metrics["stable_rate"])),
-            ("S.U.N.", _percent(metrics["sun_rate"])),
-            ("E_hull unknown", str(metrics["num_hull_unknown"])),
-        ]
+        rows += _stability_rows(metrics)
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
@@ -218,12 +223,9 @@ def combine_command(
     )
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for name, value in [
-        ("stable (E_hull < 0.1 eV/atom)", _percent(metrics["stable_rate"])),
-        ("S.U.N.", _percent(metrics["sun_rate"])),
-        ("E_hull unknown", str(metrics["num_hull_unknown"])),
-        ("mean E_hull of the known (eV/atom)", _number(metrics["mean_e_above_hull"])),
-    ]:
+    rows = _stability_rows(metrics)
+    rows.append(("mean E_hull of the known (eV/atom)", _number(metrics["mean_e_above_hull"])))
+    for name, value in rows:
         table.add_row(name, value)
     console.print(table)
     console.print(f"Record written to {out}")
