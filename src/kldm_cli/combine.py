@@ -1,4 +1,10 @@
-"""Merge DNG stability measured in chunks into the record of the whole sample set.
+"""Merge evaluation records made in chunks: DNG stability (:func:`combine_dng_records`) and
+CSP match rates (:func:`combine_csp_records`).
+
+CSP with k = 20 samples 20 candidates per test row, so a 1,000-row test set is evaluated in
+chunks of rows (``kldm evaluate csp --start S --limit N``, or one CSV per chunk). MR@k, RMSE and
+the counts are sums and means over targets and each target's outcome depends only on its own
+candidates, so the merged record is the record of one run over the union of the rows.
 
 CHGNet stability costs 10–20 s per sample on one CPU core, so 1,000 samples are measured in
 chunks (``kldm evaluate dng --start S --limit N``, or one folder per chunk), on several cores or
@@ -45,11 +51,7 @@ def combine_dng_records(
     from kldm_cli.evaluate import _now
     from kldm_cli.metrics.stability import STABILITY_THRESHOLD, stability_metrics
 
-    names = list(part_names) if part_names is not None else [f"part {i}" for i in range(len(parts))]
-    if len(names) != len(parts):
-        raise ValueError(f"{len(parts)} records but {len(names)} names")
-    if not parts:
-        raise ValueError("no stability record to combine")
+    names = _part_names(parts, part_names)
     _check_dng(base, base_name)
     by_id = _index_by_material_id(base, base_name)
     reference_part = parts[0]
@@ -147,6 +149,146 @@ _STABILITY_METRICS = frozenset(
         "num_stability_samples",
     }
 )
+
+
+#: CSP settings that must agree between the chunks: they decide the candidates and the matching.
+CSP_SETTINGS = ("k", "sampler", "steps", "grid", "matcher", "timeout_s", "validity")
+
+
+def combine_csp_records(
+    parts: Sequence[dict[str, Any]],
+    *,
+    part_names: Sequence[str] | None = None,
+    data: str | Path | None = None,
+) -> dict[str, Any]:
+    """One CSP record of the targets evaluated in ``parts`` (``kldm evaluate csp`` records).
+
+    Targets are matched by ``material_id``. With ``data`` (the whole test file), every target
+    must be a row of it with the same formula; targets are put in the file's order, indexed by
+    their row, and the record says how many of the file's rows were evaluated. Without it, the
+    parts must come from one test file (``--start``/``--limit`` chunks). Raises ``ValueError``
+    naming the record when a part is not a CSP record, used other weights or CSP settings than
+    the first part, or evaluated a target already evaluated by another part.
+    """
+    from kldm_cli.evaluate import _now
+    from kldm_cli.metrics.csp import TargetMatch, csp_result
+
+    names = _part_names(parts, part_names)
+    first, first_name = parts[0], names[0]
+    evaluated_by: dict[str, str] = {}
+    per_target: list[dict[str, Any]] = []
+    for part, name in zip(parts, names, strict=True):
+        _check_csp_part(part, name, first, first_name, whole_file=data is not None)
+        for entry in part["per_target"]:
+            target = entry["material_id"]
+            if target in evaluated_by:
+                raise ValueError(f"target {target!r} is in both {evaluated_by[target]} and {name}")
+            evaluated_by[target] = name
+            per_target.append(dict(entry))
+    data_info = first["inputs"]["data"]
+    if data is not None:
+        data_info = _place_in_file(per_target, data, evaluated_by)
+    fields = TargetMatch.__dataclass_fields__
+    result = csp_result([TargetMatch(**{f: e[f] for f in fields}) for e in per_target])
+    settings = {k: v for k, v in first["settings"].items() if k not in _CHUNK_SETTINGS}
+    settings["targets"] = (
+        f"{len(per_target)} of {data_info['num_records']} test rows, in {len(parts)} records"
+    )
+    return {
+        "task": "csp",
+        "created": _now(),
+        "combined_from": names,
+        "metrics": {"k": first["settings"]["k"], **result.summary()},
+        "settings": settings,
+        "inputs": {
+            "data": {**data_info, "num_used": len(per_target)},
+            "weights": first["inputs"]["weights"],
+            "csp_records": [
+                _csp_part_info(part, name) for part, name in zip(parts, names, strict=True)
+            ],
+        },
+        "versions": first.get("versions"),
+        "timing_s": {
+            stage: sum(part.get("timing_s", {}).get(stage, 0.0) for part in parts)
+            for stage in ("reading", "sampling", "matching", "total")
+        },
+        "per_target": per_target,
+    }
+
+
+#: Settings of one chunk's run, listed per part in ``inputs.csp_records`` instead.
+_CHUNK_SETTINGS = frozenset(
+    {"start", "limit", "seed", "threads", "workers", "device", "batch_atoms"}
+)
+
+
+def _check_csp_part(
+    part: dict[str, Any], name: str, first: dict[str, Any], first_name: str, *, whole_file: bool
+) -> None:
+    if part.get("task") != "csp" or "per_target" not in part:
+        raise ValueError(f"{name} is not a `kldm evaluate csp` record")
+    for key in CSP_SETTINGS:
+        if part["settings"].get(key) != first["settings"].get(key):
+            raise ValueError(
+                f"{name} used {key} = {part['settings'].get(key)!r} but {first_name} used "
+                f"{first['settings'].get(key)!r}"
+            )
+    weights, first_weights = part["inputs"]["weights"], first["inputs"]["weights"]
+    if weights.get("sha256") != first_weights.get("sha256"):
+        raise ValueError(f"{name} evaluated other weights than {first_name} (sha256 differs)")
+    if not whole_file and part["inputs"]["data"]["sha256"] != first["inputs"]["data"]["sha256"]:
+        raise ValueError(
+            f"{name} and {first_name} evaluated different test files; give the whole test "
+            "file (--data) to combine chunks cut from it"
+        )
+
+
+def _place_in_file(
+    per_target: list[dict[str, Any]], data: str | Path, evaluated_by: dict[str, str]
+) -> dict[str, Any]:
+    """Re-index ``per_target`` (in place) by row of the test file ``data`` and sort it by row;
+    return the file's ``inputs.data`` entry."""
+    from kldm_cli.evaluate import _dataset_info, _load
+
+    dataset = _load(data, niggli=True, use_cache=True)  # as evaluate_csp reads it
+    rows: dict[str, tuple[int, str]] = {}
+    for row, record in enumerate(dataset.records):
+        if record.material_id in rows:
+            raise ValueError(f"{data}: material_id {record.material_id!r} appears twice")
+        rows[record.material_id] = (row, record.formula)
+    for entry in per_target:
+        target, name = entry["material_id"], evaluated_by[entry["material_id"]]
+        if target not in rows:
+            raise ValueError(f"{name}: target {target!r} is not in {data}")
+        if entry["formula"] != rows[target][1]:
+            raise ValueError(
+                f"{name}: target {target!r} is {entry['formula']} but {rows[target][1]} in {data}"
+            )
+        entry["index"] = rows[target][0]
+    per_target.sort(key=lambda entry: entry["index"])
+    return _dataset_info(data, dataset, len(per_target))
+
+
+def _csp_part_info(part: dict[str, Any], name: str) -> dict[str, Any]:
+    settings = part["settings"]
+    return {
+        "name": name,
+        "created": part.get("created"),
+        "data": part["inputs"]["data"]["path"],
+        "data_sha256": part["inputs"]["data"]["sha256"],
+        "num_targets": len(part["per_target"]),
+        **{key: settings.get(key) for key in sorted(_CHUNK_SETTINGS)},
+        "sampling_s": part.get("timing_s", {}).get("sampling"),
+    }
+
+
+def _part_names(parts: Sequence[dict[str, Any]], part_names: Sequence[str] | None) -> list[str]:
+    names = list(part_names) if part_names is not None else [f"part {i}" for i in range(len(parts))]
+    if len(names) != len(parts):
+        raise ValueError(f"{len(parts)} records but {len(names)} names")
+    if not parts:
+        raise ValueError("no record to combine")
+    return names
 
 
 def _check_dng(record: dict[str, Any], name: str) -> None:

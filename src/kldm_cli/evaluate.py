@@ -124,9 +124,24 @@ def _dataset_info(path: str | Path, dataset: Any, used: int) -> dict[str, Any]:
     }
 
 
-def _check_limit(limit: int | None) -> None:
+def _check_chunk(start: int, limit: int | None) -> None:
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of structures, got {limit}")
+    if start < 0:
+        raise ValueError(f"start must be an index ≥ 0, got {start}")
+
+
+def _chunk(records: Sequence[Any], start: int, limit: int | None, source: Any, what: str) -> list:
+    """``limit`` of ``records`` from index ``start`` (all from ``start`` if ``limit`` is None)."""
+    if records and start >= len(records):
+        raise ValueError(
+            f"start {start} is past the last {what}: {source} holds {len(records)} readable "
+            "structures"
+        )
+    chunk = list(records[start : None if limit is None else start + limit])
+    if not chunk:
+        raise ValueError(f"{source} holds no usable structure")
+    return chunk
 
 
 def _now() -> str:
@@ -140,6 +155,7 @@ def evaluate_csp(
     weights: str | None = None,
     k: int = 1,
     limit: int | None = None,
+    start: int = 0,
     sampler: str = "pc",
     steps: int = 1000,
     seed: int = 0,
@@ -155,13 +171,14 @@ def evaluate_csp(
 ) -> dict[str, Any]:
     """MR@k and RMSE of a CSP model on the test structures in ``data``.
 
-    Samples ``k`` candidates for the composition of each of the first ``limit`` test structures
-    (all if None) with ``sampler`` ("pc" or "em") in ``steps`` steps from ``seed`` on the time
-    ``grid`` (default: the model's), in batches of ``batch_atoms`` atoms on ``threads`` CPU
-    threads (default: one per physical core), then matches them (``workers`` processes,
-    ``timeout`` seconds per pair). ``sampler_fn`` replaces :func:`kldm_cli.predict.sample_csp`
-    (tests inject a fake one). Returns the record described in the module docstring and writes it
-    to ``out`` if given.
+    Samples ``k`` candidates for the composition of each of ``limit`` test structures from index
+    ``start`` (all if None; records of chunks are merged with
+    :func:`kldm_cli.combine.combine_csp_records`) with ``sampler`` ("pc" or "em") in ``steps``
+    steps from ``seed`` on the time ``grid`` (default: the model's), in batches of
+    ``batch_atoms`` atoms on ``threads`` CPU threads (default: one per physical core), then
+    matches them (``workers`` processes, ``timeout`` seconds per pair). ``sampler_fn`` replaces
+    :func:`kldm_cli.predict.sample_csp` (tests inject a fake one). Returns the record described
+    in the module docstring and writes it to ``out`` if given.
     """
     from kldm_cli.metrics.csp import CSP_MATCHER_SETTINGS, match_structures
     from kldm_cli.predict import DEFAULT_BATCH_ATOMS
@@ -173,7 +190,7 @@ def evaluate_csp(
         raise ValueError(f"Unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    _check_limit(limit)
+    _check_chunk(start, limit)
     if grid is not None:
         parse_time_grid(grid)
     real_sampler = sampler_fn is None
@@ -185,9 +202,7 @@ def evaluate_csp(
 
     report(f"reading {data}")
     dataset = _load(data, niggli=True, use_cache=True)
-    records = dataset.records[:limit]
-    if not records:
-        raise ValueError(f"{data} holds no usable structure")
+    records = _chunk(dataset.records, start, limit, data, "test structure")
     targets = [record.to_structure() for record in records]
     compositions = [[int(z) for z in record.atomic_numbers] for record in records]
     read_s = time.perf_counter() - started
@@ -216,6 +231,7 @@ def evaluate_csp(
     per_target = []
     for record, target in zip(records, result.per_target, strict=True):
         entry = asdict(target)
+        entry["index"] += start  # the row among the file's usable structures
         entry["material_id"] = record.material_id
         entry["formula"] = record.formula
         per_target.append(entry)
@@ -225,6 +241,7 @@ def evaluate_csp(
         "metrics": {"k": k, **result.summary()},
         "settings": {
             "k": k,
+            "start": start,
             "limit": limit,
             "sampler": sampler,
             "steps": steps,
@@ -316,9 +333,7 @@ def evaluate_dng(
             f"Unknown dataset {dataset_name!r} for coverage cutoffs; choose one of "
             f"{', '.join(dng.COVERAGE_CUTOFFS)}"
         )
-    _check_limit(limit)
-    if start < 0:
-        raise ValueError(f"start must be a sample index ≥ 0, got {start}")
+    _check_chunk(start, limit)
     if stability or threads is not None:
         threads = set_threads(threads)
     report = progress or (lambda message: None)
@@ -333,14 +348,7 @@ def evaluate_dng(
 
     report(f"reading {samples}")
     sample_set = _load(samples, niggli=False, use_cache=False)
-    if sample_set.records and start >= len(sample_set.records):
-        raise ValueError(
-            f"start {start} is past the last sample: {samples} holds "
-            f"{len(sample_set.records)} readable structures"
-        )
-    sample_records = sample_set.records[start : None if limit is None else start + limit]
-    if not sample_records:
-        raise ValueError(f"{samples} holds no readable structure")
+    sample_records = _chunk(sample_set.records, start, limit, samples, "sample")
     structures = [r.to_structure() for r in sample_records]
     report(f"reading {reference}")
     reference_set = _load(reference, niggli=True, use_cache=True)

@@ -10,13 +10,19 @@ from pymatgen.core import Structure
 from pymatgen.io.cif import CifWriter
 
 
-def write_csv(path: Path, structures: Sequence[Structure], prefix: str = "ref") -> Path:
-    """A CDVAE-style CSV: ``material_id`` and ``cif`` columns."""
+def write_csv(
+    path: Path,
+    structures: Sequence[Structure],
+    prefix: str = "ref",
+    ids: Sequence[str] | None = None,
+) -> Path:
+    """A CDVAE-style CSV: ``material_id`` (``ids``, or ``{prefix}-{i}``) and ``cif`` columns."""
+    ids = [f"{prefix}-{i}" for i in range(len(structures))] if ids is None else ids
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["material_id", "cif"])
-        for i, structure in enumerate(structures):
-            writer.writerow([f"{prefix}-{i}", str(CifWriter(structure))])
+        for material_id, structure in zip(ids, structures, strict=True):
+            writer.writerow([material_id, str(CifWriter(structure))])
     return path
 
 

@@ -64,6 +64,12 @@ def test_evaluate_csp_with_a_patched_sampler(
     expected = hashlib.sha256(b"not really weights").hexdigest()
     assert record["inputs"]["weights"]["sha256"] == expected
 
+    chunk = ["--start", "1", "--limit", "1", "-k", "1"]
+    result = runner.invoke(app, ["evaluate", "csp", "--data", str(data), "--workers", "0", *chunk])
+    assert result.exit_code == 0, result.output
+    # the fake proposes row 0's target (NaCl) for the chunk's only row, row 1 (Li2O2)
+    assert "0.00 %" in result.output and "100.00 %" not in result.output
+
 
 def test_evaluate_csp_rejects_an_unknown_sampler(tmp_path: Path) -> None:
     data = write_csv(tmp_path / "test.csv", [rocksalt_nacl()])

@@ -62,7 +62,12 @@ def csp_command(
         None, "--weights", help="Model folder, hf://OWNER/REPO[@REV] or release name."
     ),
     k: int = typer.Option(1, "-k", min=1, help="Candidates per test composition (MR@k): 1 or 20."),
-    limit: int | None = typer.Option(None, "--limit", min=1, help="Use the first N test rows."),
+    limit: int | None = typer.Option(
+        None, "--limit", min=1, help="Use N test rows: the first N, or N from --start."
+    ),
+    start: int = typer.Option(
+        0, "--start", min=0, help="First test row (0-based); with --limit, evaluate one chunk."
+    ),
     sampler: str = typer.Option("pc", "--sampler", help="pc (predictor-corrector) or em."),
     steps: int = typer.Option(1000, "--steps", min=1, help="Sampling steps."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the sampler."),
@@ -85,16 +90,23 @@ def csp_command(
         raise typer.BadParameter(f"must be positive, got {timeout}", param_hint="--timeout")
     with user_errors(), missing_extra():
         record = evaluate_csp(
-            data, weights=weights, k=k, limit=limit, sampler=sampler, steps=steps, seed=seed,
-            device=device, grid=grid, threads=threads, batch_atoms=batch_atoms, workers=workers,
-            timeout=timeout, out=out, progress=_progress,
+            data, weights=weights, k=k, limit=limit, start=start, sampler=sampler, steps=steps,
+            seed=seed, device=device, grid=grid, threads=threads, batch_atoms=batch_atoms,
+            workers=workers, timeout=timeout, out=out, progress=_progress,
         )  # fmt: skip
     _warn_skipped(record)
+    _print_csp(record, f"CSP on {data.name} ({record['metrics']['num_targets']} targets, k = {k})")
+    if out is not None:
+        console.print(f"Record written to {out}")
+
+
+def _print_csp(record: dict, title: str) -> None:
+    """The table of a CSP record (``kldm evaluate csp`` and ``combine``)."""
     metrics, timing = record["metrics"], record["timing_s"]
-    table = Table(title=f"CSP on {data.name} ({metrics['num_targets']} targets, k = {k})")
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    table.add_row(f"match rate MR@{k}", _percent(metrics["match_rate"]))
+    table.add_row(f"match rate MR@{metrics['k']}", _percent(metrics["match_rate"]))
     table.add_row("RMSE (normalized)", _number(metrics["rmse"]))
     table.add_row("matched targets", f"{metrics['num_matched']} / {metrics['num_targets']}")
     table.add_row("invalid candidates", f"{metrics['num_invalid']} / {metrics['num_candidates']}")
@@ -103,8 +115,6 @@ def csp_command(
     table.add_row("sampling time", f"{timing['sampling']:.1f} s")
     table.add_row("matching time", f"{timing['matching']:.1f} s")
     console.print(table)
-    if out is not None:
-        console.print(f"Record written to {out}")
 
 
 @app.command("dng")
@@ -199,27 +209,76 @@ def dng_command(
 @app.command("combine")
 def combine_command(
     parts: list[Path] = typer.Argument(
-        ..., help="Stability records of chunks of the samples (kldm evaluate dng --start/--limit)."
-    ),
-    base: Path = typer.Option(
-        ..., "--base", help="Record of the whole sample set (usually made with --no-stability)."
+        ...,
+        help="Records of chunks: CSP rows (kldm evaluate csp --start/--limit, or one CSV per "
+        "chunk) or DNG stability (kldm evaluate dng --start/--limit).",
     ),
     out: Path = typer.Option(..., "--out", help="Write the combined JSON record here."),
+    base: Path | None = typer.Option(
+        None,
+        "--base",
+        help="DNG: record of the whole sample set (usually made with --no-stability).",
+    ),
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="CSP: the whole test file; needed when the chunks were cut from it as files.",
+    ),
 ) -> None:
-    """Merge DNG stability measured in chunks into the whole set's record."""
-    from kldm_cli.combine import combine_dng_records, load_records
+    """Merge records made in chunks: CSP match rates, or DNG stability into the whole set."""
+    from kldm_cli.combine import load_records
     from kldm_cli.evaluate import write_record
 
     with user_errors():
-        base_record, *part_records = load_records([base, *parts])
-        record = combine_dng_records(
-            base_record, part_records, base_name=str(base), part_names=[str(p) for p in parts]
-        )
+        part_records = load_records(parts)
+        if part_records and part_records[0].get("task") == "csp":
+            record = _combine_csp(part_records, parts, base, data)
+        else:
+            record = _combine_dng(part_records, parts, base, data)
         write_record(record, out)
+    if record["task"] == "csp":
+        metrics = record["metrics"]
+        _print_csp(
+            record, f"CSP: {metrics['num_targets']} targets from {len(parts)} records, "
+            f"k = {metrics['k']}"
+        )  # fmt: skip
+    else:
+        _print_combined_stability(record, len(parts))
+    console.print(f"Record written to {out}")
+
+
+def _combine_csp(records: list[dict], paths: list[Path], base: Path | None, data: Path | None):
+    from kldm_cli.combine import combine_csp_records
+
+    if base is not None:
+        raise typer.BadParameter(
+            "CSP records are combined without a base record", param_hint="--base"
+        )
+    return combine_csp_records(records, part_names=[str(p) for p in paths], data=data)
+
+
+def _combine_dng(records: list[dict], paths: list[Path], base: Path | None, data: Path | None):
+    from kldm_cli.combine import combine_dng_records, load_records
+
+    if data is not None:
+        raise typer.BadParameter(
+            "--data is for CSP records; DNG chunks take --base", param_hint="--data"
+        )
+    if base is None:
+        raise typer.BadParameter(
+            "DNG stability chunks need the whole set's record", param_hint="--base"
+        )
+    (base_record,) = load_records([base])
+    return combine_dng_records(
+        base_record, records, base_name=str(base), part_names=[str(p) for p in paths]
+    )
+
+
+def _print_combined_stability(record: dict, num_parts: int) -> None:
     metrics = record["metrics"]
     table = Table(
         title=f"DNG stability: {metrics['num_stability_samples']} of {metrics['num_samples']} "
-        f"samples from {len(parts)} records"
+        f"samples from {num_parts} records"
     )
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -228,4 +287,3 @@ def combine_command(
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
-    console.print(f"Record written to {out}")

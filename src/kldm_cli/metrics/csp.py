@@ -143,15 +143,24 @@ def match_structures(
         )
         for i in range(len(targets))
     ]
+    return csp_result(per_target)
+
+
+def csp_result(per_target: Sequence[TargetMatch]) -> CSPResult:
+    """Match rate, RMSE and counts over the targets in ``per_target``.
+
+    Every number is a sum or a mean over targets, so the result of targets matched in chunks
+    (``kldm evaluate csp --start/--limit``) is the result of their union.
+    """
     matched = [t.rmse for t in per_target if t.rmse is not None]
     return CSPResult(
-        match_rate=len(matched) / len(targets) if targets else 0.0,
+        match_rate=len(matched) / len(per_target) if per_target else 0.0,
         rmse=sum(matched) / len(matched) if matched else None,
-        num_targets=len(targets),
+        num_targets=len(per_target),
         num_matched=len(matched),
-        num_candidates=sum(len(c) for c in candidates),
-        num_invalid=sum(invalid),
-        num_timeouts=sum(timeouts),
-        num_errors=sum(errors),
-        per_target=per_target,
+        num_candidates=sum(t.num_candidates for t in per_target),
+        num_invalid=sum(t.num_invalid for t in per_target),
+        num_timeouts=sum(t.num_timeouts for t in per_target),
+        num_errors=sum(t.num_errors for t in per_target),
+        per_target=list(per_target),
     )
