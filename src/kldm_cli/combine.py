@@ -227,12 +227,7 @@ def _check_csp_part(
 ) -> None:
     if part.get("task") != "csp" or "per_target" not in part:
         raise ValueError(f"{name} is not a `kldm evaluate csp` record")
-    for key in CSP_SETTINGS:
-        if part["settings"].get(key) != first["settings"].get(key):
-            raise ValueError(
-                f"{name} used {key} = {part['settings'].get(key)!r} but {first_name} used "
-                f"{first['settings'].get(key)!r}"
-            )
+    _check_same_settings(part, name, first, first_name, CSP_SETTINGS)
     weights, first_weights = part["inputs"]["weights"], first["inputs"]["weights"]
     if weights.get("sha256") != first_weights.get("sha256"):
         raise ValueError(f"{name} evaluated other weights than {first_name} (sha256 differs)")
@@ -291,6 +286,18 @@ def _part_names(parts: Sequence[dict[str, Any]], part_names: Sequence[str] | Non
     return names
 
 
+def _check_same_settings(
+    part: dict[str, Any], name: str, first: dict[str, Any], first_name: str, keys: Sequence[str]
+) -> None:
+    """``part`` used the same value of each setting in ``keys`` as ``first``."""
+    for key in keys:
+        if part["settings"].get(key) != first["settings"].get(key):
+            raise ValueError(
+                f"{name} used {key} = {part['settings'].get(key)!r} but {first_name} used "
+                f"{first['settings'].get(key)!r}"
+            )
+
+
 def _check_dng(record: dict[str, Any], name: str) -> None:
     if record.get("task") != "dng" or "per_sample" not in record:
         raise ValueError(f"{name} is not a `kldm evaluate dng` record")
@@ -323,12 +330,7 @@ def _check_part(
             f"{name} scored samples made with {part['settings'].get('samples_metadata')}, "
             f"{base_name} samples made with {made_by}"
         )
-    for key in STABILITY_SETTINGS:
-        if part["settings"].get(key) != first["settings"].get(key):
-            raise ValueError(
-                f"{name} used {key} = {part['settings'].get(key)!r} but {first_name} used "
-                f"{first['settings'].get(key)!r}"
-            )
+    _check_same_settings(part, name, first, first_name, STABILITY_SETTINGS)
     if _hull_files(part) != _hull_files(first):
         raise ValueError(f"{name} built its hull from other files than {first_name}")
 
