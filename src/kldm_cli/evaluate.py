@@ -13,7 +13,6 @@ See ``docs/evaluation.md`` for the definitions.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import math
 import platform
@@ -36,15 +35,6 @@ SAMPLERS = ("pc", "em")
 
 
 # ---------------------------------------------------------------------- record helpers
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def library_versions() -> dict[str, str | None]:
     """Versions of kldm and of the libraries that decide the numbers."""
     from importlib.metadata import PackageNotFoundError, version
@@ -104,6 +94,8 @@ def _weights_info(weights: str | None, resolve: bool) -> dict[str, Any]:
         info["path"] = str(folder)
         safetensors = folder / "model.safetensors"
         if safetensors.is_file():
+            from kldm_cli.data.readers import file_sha256
+
             info["sha256"] = file_sha256(safetensors)
     return info
 

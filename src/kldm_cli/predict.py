@@ -22,6 +22,7 @@ from pymatgen.core import Structure
 
 from kldm_cli.config import KLDMConfig, SamplerConfig
 from kldm_cli.data.formula import parse_formula
+from kldm_cli.data.readers import file_sha256
 from kldm_cli.model import KLDM
 from kldm_cli.sampling import (
     batch_generator,
@@ -63,16 +64,8 @@ def load_model(weights: str | None, task: str, device: str = "cpu") -> LoadedMod
 
 
 def _sha256(folder: Path) -> str | None:
-    import hashlib
-
     path = Path(folder) / "model.safetensors"
-    if not path.exists():
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path) if path.exists() else None
 
 
 def resolve_device(device: str) -> torch.device:

@@ -146,14 +146,15 @@ def _source_kind(path: Path) -> str:
 def _content_hash(path: Path, kind: str) -> str:
     """sha256 of the file, or of the sorted ``.cif`` file names and contents of a folder."""
     if kind != "cif_folder":
-        return _sha256_file(path)
+        return file_sha256(path)
     digest = hashlib.sha256()
     for file in _cif_files(path):
-        digest.update(file.name.encode() + b"\0" + _sha256_file(file).encode() + b"\n")
+        digest.update(file.name.encode() + b"\0" + file_sha256(file).encode() + b"\n")
     return digest.hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (data files, weights files)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -325,7 +326,7 @@ def read_csv(
         records=records,
         skipped=skipped_rows,
         source=str(path),
-        content_hash=_sha256_file(path),
+        content_hash=file_sha256(path),
         niggli=niggli,
     )
 
@@ -771,7 +772,7 @@ def read_extxyz(path: str | Path, *, niggli: bool = True) -> CrystalDataset:
         records=records,
         skipped=skipped,
         source=str(path),
-        content_hash=_sha256_file(path),
+        content_hash=file_sha256(path),
         niggli=niggli,
     )
 

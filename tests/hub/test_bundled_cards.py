@@ -1,0 +1,57 @@
+"""The records and model cards shipped in weights/ agree with the weights beside them.
+
+Every evaluation record (``eval_*.json``) in a bundled model folder must have been measured with
+that folder's ``model.safetensors`` (CSP records store its sha256), and the card's
+``kldm_metrics`` must state each record's headline numbers: a stale record or a card left behind
+after a weights swap fails here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kldm_cli.data.readers import file_sha256
+from kldm_cli.hub import card_metrics
+
+WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
+FOLDERS = sorted(path.parent for path in WEIGHTS.glob("*/model.safetensors"))
+# Card values are written with 3-4 decimals: a record agrees when it rounds to the card's value.
+TOLERANCE = 5e-4
+
+
+def _records(folder: Path) -> dict[str, dict]:
+    return {path.name: json.loads(path.read_text()) for path in sorted(folder.glob("eval_*.json"))}
+
+
+def _states(card: dict, value: float) -> bool:
+    return any(abs(float(number) - value) <= TOLERANCE for number in card.values())
+
+
+def test_the_release_folders_are_found() -> None:
+    assert {folder.name for folder in FOLDERS} >= {"kldm-csp-mp20", "kldm-dng-mp20"}
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda folder: folder.name)
+def test_csp_records_were_measured_with_these_weights(folder: Path) -> None:
+    records = {name: r for name, r in _records(folder).items() if r.get("task") == "csp"}
+    expected = file_sha256(folder / "model.safetensors")
+    for name, record in records.items():
+        assert record["inputs"]["weights"].get("sha256") == expected, f"{folder.name}/{name}"
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda folder: folder.name)
+def test_card_states_every_records_headline(folder: Path) -> None:
+    card = card_metrics(folder)
+    assert card, f"{folder.name}: the card has no kldm_metrics"
+    for name, record in _records(folder).items():
+        metrics = record["metrics"]
+        if record.get("task") == "csp":
+            assert _states(card, metrics["match_rate"]), f"{folder.name}: {name} match rate"
+            continue
+        for key, value in card.items():  # DNG: card keys name the record's metrics
+            measured = metrics.get(key, metrics.get(key.removesuffix("_chgnet")))
+            if measured is not None:
+                assert abs(float(value) - measured) <= TOLERANCE, f"{folder.name}: {key} in {name}"
