@@ -65,6 +65,10 @@ def test_wheel_ships_bundled_weights(tmp_path: Path) -> None:
     installed = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(installed)
+        shipped = [Path(name) for name in archive.namelist() if "/bundled_weights/" in name]
+    # a model folder ships its three files; evaluation records stay in the repository
+    in_folders = {path.name for path in shipped if path.parent.name != "bundled_weights"}
+    assert in_folders == {"model.safetensors", "config.json", "README.md"}, in_folders
 
     probe = (
         "import kldm_cli, kldm_cli.hub as hub;"
