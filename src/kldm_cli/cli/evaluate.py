@@ -287,3 +287,51 @@ def _print_combined_stability(record: dict, num_parts: int) -> None:
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
+
+
+@app.command("compare")
+def compare_command(
+    first: Path = typer.Argument(..., help="CSP record A (kldm evaluate csp or combine)."),
+    second: Path = typer.Argument(..., help="CSP record B, evaluated on the same test rows."),
+    out: Path | None = typer.Option(None, "--out", help="Write the comparison as JSON here."),
+) -> None:
+    """Compare two CSP records target by target (paired, exact McNemar test)."""
+    from kldm_cli.combine import load_records
+    from kldm_cli.compare import compare_csp_records
+    from kldm_cli.evaluate import write_record
+
+    with user_errors():
+        record_a, record_b = load_records([first, second])
+        result = compare_csp_records(record_a, record_b, names=(str(first), str(second)))
+        if out is not None:
+            write_record(result, out)
+    _print_comparison(result)
+    if out is not None:
+        console.print(f"Comparison written to {out}")
+
+
+def _print_comparison(result: dict[str, Any]) -> None:
+    n = result["num_targets"]
+    table = Table(title=f"CSP, paired over {n} targets")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    for side, name in zip("AB", result["names"], strict=True):
+        table.add_row(side, name)
+    for side, matched in zip("AB", result["num_matched"], strict=True):
+        table.add_row(f"{side} matched", f"{matched} / {n} ({_percent(matched / n)})")
+    table.add_row("matched by both", str(result["num_both"]))
+    table.add_row("only A / only B", f"{result['num_only_a']} / {result['num_only_b']}")
+    table.add_row("B − A", f"{100 * result['difference']:+.2f} points")
+    table.add_row("exact McNemar p (two-sided)", f"{result['p_value']:.3g}")
+    console.print(table)
+    if result["num_unshared_targets"]:
+        err_console.print(
+            f"[yellow]{result['num_unshared_targets']} target(s) are in only one record and "
+            "were left out[/]"
+        )
+    for key, (value_a, value_b) in result["settings_differ"].items():
+        err_console.print(
+            f"[yellow]the records differ in {key}: {value_a!r} (A), {value_b!r} (B)[/]"
+        )
+    if result["same_weights"] and not result["settings_differ"]:
+        err_console.print("[yellow]same weights and settings: A and B differ only by chance[/]")
