@@ -53,7 +53,7 @@ def combine_dng_records(
 
     names = _part_names(parts, part_names)
     _check_dng(base, base_name)
-    by_id = _index_by_material_id(base, base_name)
+    by_id = index_by_material_id(base, base_name)
     reference_part = parts[0]
     measured: dict[str, dict[str, Any]] = {}
     measured_by: dict[str, str] = {}
@@ -225,8 +225,7 @@ _CHUNK_SETTINGS = frozenset(
 def _check_csp_part(
     part: dict[str, Any], name: str, first: dict[str, Any], first_name: str, *, whole_file: bool
 ) -> None:
-    if part.get("task") != "csp" or "per_target" not in part:
-        raise ValueError(f"{name} is not a `kldm evaluate csp` record")
+    check_csp(part, name)
     _check_same_settings(part, name, first, first_name, CSP_SETTINGS)
     weights, first_weights = part["inputs"]["weights"], first["inputs"]["weights"]
     if weights.get("sha256") != first_weights.get("sha256"):
@@ -298,16 +297,27 @@ def _check_same_settings(
             )
 
 
+def check_csp(record: dict[str, Any], name: str) -> None:
+    """``record`` is a ``kldm evaluate csp`` record (``name`` names it in the error)."""
+    if record.get("task") != "csp" or "per_target" not in record:
+        raise ValueError(f"{name} is not a `kldm evaluate csp` record")
+
+
 def _check_dng(record: dict[str, Any], name: str) -> None:
     if record.get("task") != "dng" or "per_sample" not in record:
         raise ValueError(f"{name} is not a `kldm evaluate dng` record")
 
 
-def _index_by_material_id(record: dict[str, Any], name: str) -> dict[str, dict[str, Any]]:
+def index_by_material_id(
+    record: dict[str, Any], name: str, entries: str = "per_sample"
+) -> dict[str, dict[str, Any]]:
+    """material_id → entry of ``record[entries]`` (``per_sample`` of a DNG record, ``per_target``
+    of a CSP record), in the record's order; an id listed twice is an error naming ``name``."""
+    noun = "target" if entries == "per_target" else "sample"
     by_id: dict[str, dict[str, Any]] = {}
-    for entry in record["per_sample"]:
+    for entry in record[entries]:
         if entry["material_id"] in by_id:
-            raise ValueError(f"{name}: sample {entry['material_id']!r} appears twice")
+            raise ValueError(f"{name}: {noun} {entry['material_id']!r} appears twice")
         by_id[entry["material_id"]] = entry
     return by_id
 

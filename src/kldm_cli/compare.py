@@ -14,6 +14,8 @@ from __future__ import annotations
 from math import comb
 from typing import Any
 
+from kldm_cli.combine import check_csp, index_by_material_id
+
 #: Settings reported when the two records differ in them (a difference is allowed: comparing
 #: samplers or step counts is what the command is for, but it is said).
 COMPARED_SETTINGS = ("k", "sampler", "steps", "grid", "matcher", "timeout_s", "validity")
@@ -39,24 +41,27 @@ def compare_csp_records(
     ``ValueError`` naming the record when one is not a ``kldm evaluate csp`` record, lists a
     target twice, or when the two share no target.
     """
-    matched_a, matched_b = _matched_by_target(a, names[0]), _matched_by_target(b, names[1])
-    common = [target for target in matched_a if target in matched_b]
+    check_csp(a, names[0])
+    check_csp(b, names[1])
+    by_id_a = index_by_material_id(a, names[0], "per_target")
+    by_id_b = index_by_material_id(b, names[1], "per_target")
+    common = [target for target in by_id_a if target in by_id_b]
     if not common:
         raise ValueError(f"{names[0]} and {names[1]} have no target in common")
     for target in common:
-        if matched_a[target][1] != matched_b[target][1]:
+        if by_id_a[target]["formula"] != by_id_b[target]["formula"]:
             raise ValueError(
-                f"target {target!r} is {matched_a[target][1]} in {names[0]} but "
-                f"{matched_b[target][1]} in {names[1]}: not the same test rows"
+                f"target {target!r} is {by_id_a[target]['formula']} in {names[0]} but "
+                f"{by_id_b[target]['formula']} in {names[1]}: not the same test rows"
             )
-    hits_a = {t for t in common if matched_a[t][0]}
-    hits_b = {t for t in common if matched_b[t][0]}
+    hits_a = {t for t in common if by_id_a[t]["matched"]}
+    hits_b = {t for t in common if by_id_b[t]["matched"]}
     only_a, only_b = len(hits_a - hits_b), len(hits_b - hits_a)
     n = len(common)
     return {
         "names": list(names),
         "num_targets": n,
-        "num_unshared_targets": len(matched_a) + len(matched_b) - 2 * n,
+        "num_unshared_targets": len(by_id_a) + len(by_id_b) - 2 * n,
         "num_matched": [len(hits_a), len(hits_b)],
         "match_rate": [len(hits_a) / n, len(hits_b) / n],
         "num_both": len(hits_a & hits_b),
@@ -71,18 +76,6 @@ def compare_csp_records(
         },
         "same_weights": _weights_sha256(a) == _weights_sha256(b),
     }
-
-
-def _matched_by_target(record: dict[str, Any], name: str) -> dict[str, tuple[bool, str]]:
-    """material_id → (matched, formula), in the record's order."""
-    if record.get("task") != "csp" or "per_target" not in record:
-        raise ValueError(f"{name} is not a `kldm evaluate csp` record")
-    out: dict[str, tuple[bool, str]] = {}
-    for entry in record["per_target"]:
-        if entry["material_id"] in out:
-            raise ValueError(f"{name}: target {entry['material_id']!r} appears twice")
-        out[entry["material_id"]] = (bool(entry["matched"]), entry["formula"])
-    return out
 
 
 def _weights_sha256(record: dict[str, Any]) -> str | None:
