@@ -24,8 +24,11 @@ from typing import Any
 
 from pymatgen.core import Structure
 
-#: ``sampler_fn(weights, compositions, num_samples, *, sampler, steps, seed, device)`` → one list
-#: of ``num_samples`` candidate structures per composition (``kldm_cli.predict.sample_csp``).
+from kldm_cli.candidate_log import CandidateLog
+
+#: ``sampler_fn(weights, compositions, num_samples, *, sampler, steps, seed, device, grid,
+#: batch_atoms, on_batch, done)`` → one list of ``num_samples`` candidate structures per
+#: composition (``kldm_cli.predict.sample_csp``).
 CSPSampler = Callable[..., list[list[Structure]]]
 
 #: ``progress(message)``: called when a stage starts.
@@ -83,7 +86,7 @@ def _weights_info(weights: str | None, resolve: bool) -> dict[str, Any]:
     folder: Path | None = None
     if weights is not None and Path(weights).expanduser().is_dir():
         folder = Path(weights).expanduser()
-    elif resolve:  # after sampling, the hub copy is cached: resolving again costs nothing
+    elif resolve:  # the hub copy is cached: sampling then loads it without downloading again
         from kldm_cli.hub import resolve_weights
 
         try:
@@ -170,7 +173,9 @@ def evaluate_csp(
     ``batch_atoms`` atoms on ``threads`` CPU threads (default: one per physical core), then
     matches them (``workers`` processes, ``timeout`` seconds per pair). ``sampler_fn`` replaces
     :func:`kldm_cli.predict.sample_csp` (tests inject a fake one). Returns the record described
-    in the module docstring and writes it to ``out`` if given.
+    in the module docstring and writes it to ``out`` if given; with ``out``, the sampled batches
+    are kept in a :mod:`kldm_cli.candidate_log` until then, and a rerun after an interruption
+    samples only the batches that were not finished.
     """
     from kldm_cli.metrics.csp import CSP_MATCHER_SETTINGS, match_structures
     from kldm_cli.predict import DEFAULT_BATCH_ATOMS
@@ -199,16 +204,27 @@ def evaluate_csp(
     compositions = [[int(z) for z in record.atomic_numbers] for record in records]
     read_s = time.perf_counter() - started
 
+    weights_info = _weights_info(weights, resolve=real_sampler)
+    log = None
+    if out is not None:
+        log = CandidateLog.open(out, {
+            "data_sha256": dataset.content_hash, "start": start, "limit": limit, "k": k,
+            "sampler": sampler, "steps": steps, "seed": seed, "device": device, "grid": grid,
+            "batch_atoms": batch_atoms, "weights_sha256": weights_info["sha256"],
+        })  # fmt: skip
+        if log.done:
+            report(f"resuming: {len(log.done)} candidates already sampled in {log.path}")
+
     if sampler_fn is None:
         from kldm_cli.predict import sample_csp as sampler_fn
     report(f"sampling {k} candidate(s) for each of {len(targets)} compositions")
     sampling_started = time.perf_counter()
     candidates = sampler_fn(
         weights, compositions, k, sampler=sampler, steps=steps, seed=seed, device=device,
-        grid=grid, batch_atoms=batch_atoms,
-        on_batch=_batch_reporter(len(compositions) * k, sampling_started, report),
+        grid=grid, batch_atoms=batch_atoms, done=log.done if log else None,
+        on_batch=_batch_reporter(len(compositions) * k, sampling_started, report, log),
     )  # fmt: skip
-    sampling_s = time.perf_counter() - sampling_started
+    sampling_s = time.perf_counter() - sampling_started + (log.previous_sampling_s if log else 0)
     if len(candidates) != len(targets) or any(len(c) != k for c in candidates):
         raise ValueError(
             f"the sampler returned {[len(c) for c in candidates][:5]}... candidate lists for "
@@ -251,7 +267,8 @@ def evaluate_csp(
         },
         "inputs": {
             "data": _dataset_info(data, dataset, len(records)),
-            "weights": _weights_info(weights, resolve=real_sampler),
+            "weights": weights_info,
+            "resumed_candidates": len(log.done) if log else 0,
         },
         "versions": library_versions(),
         "timing_s": {
@@ -264,19 +281,33 @@ def evaluate_csp(
     }
     if out is not None:
         write_record(record_out, out)
+    if log is not None:
+        log.remove()
     return _json_safe(record_out)
 
 
-def _batch_reporter(total: int, started: float, report: Progress) -> Callable[..., None]:
-    """An ``on_batch`` callback that reports candidates done, elapsed time and the estimate left."""
-    done = 0
+def _batch_reporter(
+    total: int, started: float, report: Progress, log: CandidateLog | None = None
+) -> Callable[..., None]:
+    """An ``on_batch`` callback that keeps the batch in ``log`` and reports candidates done,
+    elapsed time and the estimate left (from the batches sampled by this run)."""
+    resumed = len(log.done) if log else 0
+    sampled = 0
+    last = started
 
     def on_batch(indices: Sequence[int], structures: Sequence[Any]) -> None:
-        nonlocal done
-        done += len(indices)
-        elapsed = time.perf_counter() - started
-        left = elapsed / done * (total - done)
-        report(f"sampled {done}/{total} candidates in {elapsed:.0f} s (about {left:.0f} s left)")
+        nonlocal sampled, last
+        now = time.perf_counter()
+        if log is not None:
+            log.append(indices, structures, seconds=now - last)
+        last = now
+        sampled += len(indices)
+        elapsed = now - started
+        left = elapsed / sampled * (total - resumed - sampled)
+        report(
+            f"sampled {resumed + sampled}/{total} candidates in {elapsed:.0f} s "
+            f"(about {left:.0f} s left)"
+        )
 
     return on_batch
 

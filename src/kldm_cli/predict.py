@@ -12,7 +12,7 @@ Library entry points behind ``kldm predict``:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -139,13 +139,16 @@ def sample_model(
     batch_atoms: int = DEFAULT_BATCH_ATOMS,
     on_batch: Callable[[list[int], list[Structure]], None] | None = None,
     grid: str | None = None,
+    done: Mapping[int, Structure] | None = None,
 ) -> list[list[Structure]]:
     """``num_samples`` candidates for each composition (lists of atomic numbers).
 
     Candidates are sampled in batches of at most ``batch_atoms`` atoms; ``on_batch`` gets the
     flat job indices (composition index * num_samples + sample index) and structures of each
     finished batch. ``grid`` is the time grid (``"uniform"``, ``"power[:RHO]"``; default: the
-    model's).
+    model's). A batch whose jobs are all in ``done`` (job index → structure, from an interrupted
+    run with the same arguments) is taken from it instead of sampled; each batch has its own
+    random stream, so the other batches draw what they would have drawn in one run.
     """
     jobs = [list(c) for c in compositions for _ in range(num_samples)]
     for composition in {tuple(c) for c in jobs}:
@@ -155,7 +158,12 @@ def sample_model(
         sampler = replace(sampler, time_grid=grid)
     results: list[Structure | None] = [None] * len(jobs)
     target = resolve_device(device)
+    done = done or {}
     for batch_number, indices in enumerate(plan_batches([len(j) for j in jobs], batch_atoms)):
+        if all(i in done for i in indices):
+            for i in indices:
+                results[i] = done[i]
+            continue
         structures = sample_batch(
             model, [jobs[i] for i in indices], sampler,
             batch_generator(seed, batch_number, target),
@@ -192,15 +200,16 @@ def sample_csp(
     grid: str | None = None,
     batch_atoms: int = DEFAULT_BATCH_ATOMS,
     on_batch: Callable[[list[int], list[Structure]], None] | None = None,
+    done: Mapping[int, Structure] | None = None,
 ) -> list[list[Structure]]:
     """Load a CSP model and sample ``num_samples`` candidates per composition.
 
-    ``grid``, ``batch_atoms`` and ``on_batch`` are those of :func:`sample_model`.
+    ``grid``, ``batch_atoms``, ``on_batch`` and ``done`` are those of :func:`sample_model`.
     """
     loaded = load_model(weights, "csp", device)
     return sample_model(
         loaded.model, compositions, num_samples, method=sampler, steps=steps, seed=seed,
-        device=device, batch_atoms=batch_atoms, on_batch=on_batch, grid=grid,
+        device=device, batch_atoms=batch_atoms, on_batch=on_batch, grid=grid, done=done,
     )  # fmt: skip
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich.table import Table
@@ -88,16 +88,34 @@ def csp_command(
         raise typer.BadParameter(f"choose pc or em, got {sampler!r}", param_hint="--sampler")
     if timeout <= 0:
         raise typer.BadParameter(f"must be positive, got {timeout}", param_hint="--timeout")
-    with user_errors(), missing_extra():
-        record = evaluate_csp(
-            data, weights=weights, k=k, limit=limit, start=start, sampler=sampler, steps=steps,
-            seed=seed, device=device, grid=grid, threads=threads, batch_atoms=batch_atoms,
-            workers=workers, timeout=timeout, out=out, progress=_progress,
-        )  # fmt: skip
+    try:
+        with user_errors(), missing_extra():
+            record = evaluate_csp(
+                data, weights=weights, k=k, limit=limit, start=start, sampler=sampler,
+                steps=steps, seed=seed, device=device, grid=grid, threads=threads,
+                batch_atoms=batch_atoms, workers=workers, timeout=timeout, out=out,
+                progress=_progress,
+            )  # fmt: skip
+    except KeyboardInterrupt:
+        _interrupted(out)
     _warn_skipped(record)
     _print_csp(record, f"CSP on {data.name} ({record['metrics']['num_targets']} targets, k = {k})")
     if out is not None:
         console.print(f"Record written to {out}")
+
+
+def _interrupted(out: Path | None) -> NoReturn:
+    """Ctrl-C during ``evaluate csp``: say what was kept (exit code 130)."""
+    from kldm_cli.candidate_log import log_path
+
+    kept = out is not None and log_path(out).exists()
+    hint = (
+        f"the sampled batches are kept in {log_path(out)}; run the same command to go on"
+        if kept
+        else "nothing was kept (pass --out to keep the sampled batches)"
+    )
+    err_console.print(f"[bold yellow]Interrupted:[/] {hint}", highlight=False)
+    raise typer.Exit(code=130)
 
 
 def _print_csp(record: dict, title: str) -> None:
