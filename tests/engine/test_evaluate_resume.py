@@ -50,16 +50,27 @@ class Interrupt(Exception):
     pass
 
 
-def interrupt_after(batches: int):
-    """A progress callback that stops the run after ``batches`` sampled batches."""
-    seen: list[str] = []
+def run_until_interrupted(out, batches: int, **options):
+    """Run ``evaluate_csp`` writing ``out`` and stop it after ``batches`` sampled batches;
+    returns the path of its candidate log."""
+    sampled = 0
 
     def progress(message: str) -> None:
-        seen.append(message)
-        if sum(m.startswith("sampled") for m in seen) == batches:
+        nonlocal sampled
+        sampled += message.startswith("sampled")
+        if sampled == batches:
             raise Interrupt
 
-    return progress, seen
+    with pytest.raises(Interrupt):
+        evaluate_csp(DATA, out=out, progress=progress, **options)
+    return log_path(out)
+
+
+def one_crystal_per_batch(model, limit: int) -> dict:
+    """Options of a short EM evaluation of ``limit`` 5-atom rows, one crystal per batch."""
+    return dict(
+        weights=str(model), limit=limit, sampler="em", steps=3, seed=0, batch_atoms=5, workers=0
+    )
 
 
 def test_interrupted_evaluation_resumes_from_its_candidate_log(tiny_csp_model, tmp_path) -> None:
@@ -71,11 +82,9 @@ def test_interrupted_evaluation_resumes_from_its_candidate_log(tiny_csp_model, t
     assert not log_path(tmp_path / "one.json").exists()  # removed with the record written
 
     out = tmp_path / "resumed.json"
-    progress, _ = interrupt_after(2)
-    with pytest.raises(Interrupt):
-        evaluate_csp(DATA, out=out, progress=progress, **options)
+    log = run_until_interrupted(out, 2, **options)
     assert not out.exists()
-    lines = log_path(out).read_text().splitlines()
+    lines = log.read_text().splitlines()
     assert len(lines) == 3  # the header and two batches of two candidates
     assert json.loads(lines[0])["settings"]["steps"] == 4
 
@@ -92,27 +101,19 @@ def test_interrupted_evaluation_resumes_from_its_candidate_log(tiny_csp_model, t
 
 
 def test_log_of_other_settings_is_refused_naming_them(tiny_csp_model, tmp_path) -> None:
-    options = dict(weights=str(tiny_csp_model), limit=2, sampler="em", seed=0, workers=0)
+    options = one_crystal_per_batch(tiny_csp_model, limit=2)
     out = tmp_path / "run.json"
-    progress, _ = interrupt_after(1)
-    with pytest.raises(Interrupt):
-        evaluate_csp(DATA, out=out, steps=3, batch_atoms=5, progress=progress, **options)
+    log = run_until_interrupted(out, 1, **options)
     with pytest.raises(ValueError, match=r"steps: 3 → 5") as err:
-        evaluate_csp(DATA, out=out, steps=5, batch_atoms=5, **options)
+        evaluate_csp(DATA, out=out, **{**options, "steps": 5})
     assert "delete the file" in str(err.value)
-    assert log_path(out).exists()  # nothing thrown away
+    assert log.exists()  # nothing thrown away
 
 
 def test_torn_last_line_is_sampled_again(tiny_csp_model, tmp_path) -> None:
-    options = dict(
-        weights=str(tiny_csp_model), limit=2, sampler="em", steps=3, seed=0, batch_atoms=5,
-        workers=0,
-    )  # fmt: skip
+    options = one_crystal_per_batch(tiny_csp_model, limit=2)
     out = tmp_path / "run.json"
-    progress, _ = interrupt_after(2)
-    with pytest.raises(Interrupt):
-        evaluate_csp(DATA, out=out, progress=progress, **options)
-    log = log_path(out)
+    log = run_until_interrupted(out, 2, **options)
     text = log.read_text()
     log.write_text(text[: len(text) - 40])  # the second batch's line cut short
 
@@ -124,15 +125,9 @@ def test_torn_last_line_is_sampled_again(tiny_csp_model, tmp_path) -> None:
 
 
 def test_log_with_a_bad_middle_line_is_refused(tiny_csp_model, tmp_path) -> None:
-    options = dict(
-        weights=str(tiny_csp_model), limit=3, sampler="em", steps=3, seed=0, batch_atoms=5,
-        workers=0,
-    )  # fmt: skip
+    options = one_crystal_per_batch(tiny_csp_model, limit=3)
     out = tmp_path / "run.json"
-    progress, _ = interrupt_after(2)
-    with pytest.raises(Interrupt):
-        evaluate_csp(DATA, out=out, progress=progress, **options)
-    log = log_path(out)
+    log = run_until_interrupted(out, 2, **options)
     header, first, second = log.read_text().splitlines()
     log.write_text("\n".join([header, first[:30], second]) + "\n")
     with pytest.raises(ValueError, match="line 2: not a batch of candidates"):
