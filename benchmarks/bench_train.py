@@ -3,6 +3,7 @@
 One command prints a line per preset and writes JSON (``--out``, default ``benchmarks/results``)::
 
     python benchmarks/bench_train.py --presets medium --batch-size 64 --steps 40 --threads 1
+    python benchmarks/bench_train.py --presets medium --precision bf16 --threads 1  # AMX CPUs
 
 For each preset it builds the trainer exactly as ``kldm train`` does (same data, batches in the
 epoch-0 order of ``--seed``, a fresh network), runs ``--warmup`` steps untimed and then times
@@ -36,7 +37,7 @@ def time_preset(args: argparse.Namespace, preset: str) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         options = TrainOptions(
             data=args.data, out=folder, task=args.task, preset=preset,
-            batch_size=args.batch_size, seed=args.seed, plot=False,
+            batch_size=args.batch_size, seed=args.seed, precision=args.precision, plot=False,
         )  # fmt: skip
         trainer = Trainer(options)
         order = epoch_order(len(trainer.records), args.seed, 0)
@@ -68,6 +69,7 @@ def main() -> None:
     add("--task", default="csp", choices=["csp", "dng"])
     add("--presets", default="medium", help="Comma-separated network presets.")
     add("--batch-size", type=int, default=64)
+    add("--precision", default="fp32", choices=["fp32", "bf16"], help="As kldm train's.")
     add("--steps", type=int, default=40, help="Timed optimizer steps per preset.")
     add("--warmup", type=int, default=10, help="Untimed steps before timing.")
     add("--seed", type=int, default=0)
@@ -87,11 +89,12 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "git_commit": commit or None, "kldm_cli": str(Path(kldm_cli.__file__).parent),
         "data": str(args.data), "task": args.task,
-        "batch_size": args.batch_size, "threads": threads,
+        "batch_size": args.batch_size, "precision": args.precision, "threads": threads,
         "load_average_start": os.getloadavg(), "presets": [],
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{args.tag or f'train-{args.task}-b{args.batch_size}-{threads}t'}.json"
+    default_tag = f"train-{args.task}-b{args.batch_size}-{args.precision}-{threads}t"
+    path = args.out / f"{args.tag or default_tag}.json"
     for preset in args.presets.split(","):
         row = time_preset(args, preset)
         report["presets"].append(row)

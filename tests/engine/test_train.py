@@ -19,6 +19,8 @@ from kldm_cli.train import (
     PackedCrystals,
     TrainOptions,
     _TrainingForward,
+    cpu_flags,
+    cpu_has_native_bf16,
     learning_rate_at,
     train,
 )
@@ -185,6 +187,36 @@ def test_bf16_forward_runs_the_network_in_bf16_and_returns_float32(tmp_path):
     assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())
 
 
+def test_cpu_flags_and_native_bf16(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n\n"
+        "processor\t: 1\nflags\t\t: fpu\n"
+    )
+    assert cpu_flags(cpuinfo) == {"fpu", "sse2", "avx2", "avx512f", "avx512_bf16"}
+    assert cpu_has_native_bf16(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu amx_tile amx_bf16\n")
+    assert cpu_has_native_bf16(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
+    assert not cpu_has_native_bf16(cpuinfo)  # AVX-512 alone only emulates bf16
+    cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")  # aarch64 names it bf16
+    assert cpu_flags(cpuinfo) == {"fp", "asimd", "bf16"} and not cpu_has_native_bf16(cpuinfo)
+    assert cpu_flags(tmp_path / "missing") == set()
+
+
+def test_bf16_on_cpu_needs_native_bf16(tmp_path, monkeypatch):
+    import kldm_cli.train as train_module
+
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(ValueError, match="needs --device cuda or a CPU with native bf16"):
+        train(_options(tmp_path, tmp_path / "x", max_steps=1, precision="bf16"))
+    assert not (tmp_path / "x" / "checkpoint.safetensors").exists()
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
+    result = train(_options(tmp_path, tmp_path / "run", max_steps=2, precision="bf16"))
+    assert result.steps == 2 and torch.isfinite(torch.tensor(result.last_loss))
+    assert "- precision: bf16" in (tmp_path / "run" / "README.md").read_text()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_train_on_cuda(tmp_path, precision):
@@ -201,7 +233,6 @@ def test_train_on_cuda(tmp_path, precision):
     [
         (dict(task="nope"), "task"),
         (dict(precision="fp16"), "precision"),
-        (dict(precision="bf16"), "needs --device cuda"),
         (dict(val_sampler="ode"), "validation sampler"),
         (dict(val_every=1), "needs a validation set"),
         (dict(lr_schedule="step"), "schedule"),

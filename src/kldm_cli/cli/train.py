@@ -45,7 +45,9 @@ def train_command(
         "cpu", "--device", help="cpu or cuda (under torchrun: cuda = the GPU of LOCAL_RANK)."
     ),
     precision: str = typer.Option(
-        "fp32", "--precision", help="fp32, or bf16 autocast of the network (CUDA only)."
+        "fp32",
+        "--precision",
+        help="fp32, or bf16 autocast of the network (CUDA, or a CPU with AMX / AVX-512 BF16).",
     ),
     checkpoint_every: int = typer.Option(
         500, "--checkpoint-every", min=1, help="Steps between checkpoints (and plot updates)."
