@@ -86,6 +86,8 @@ class TrainOptions:
     learning_rate: float = 1e-3
     lr_schedule: str = "constant"
     warmup_steps: int = 0
+    #: Step where the cosine decay starts (0: at the end of the warm-up); constant before it.
+    decay_start: int = 0
     seed: int = 42
     device: str = "cpu"
     precision: str = "fp32"
@@ -175,9 +177,17 @@ def check_options(options: TrainOptions) -> None:
             raise ValueError(f"{name} must be at least 1, got {getattr(options, name)}")
     if options.max_steps is not None and options.max_steps < 1:
         raise ValueError(f"max_steps must be at least 1, got {options.max_steps}")
-    for name in ("val_every", "val_subset", "val_steps", "val_workers", "warmup_steps"):
+    for name in (
+        "val_every", "val_subset", "val_steps", "val_workers", "warmup_steps", "decay_start"
+    ):  # fmt: skip
         if getattr(options, name) < 0:
             raise ValueError(f"{name} must be non-negative, got {getattr(options, name)}")
+    if options.decay_start and options.lr_schedule != "cosine":
+        raise ValueError("--decay-start needs --lr-schedule cosine")
+    if options.decay_start and options.max_steps and options.decay_start >= options.max_steps:
+        raise ValueError(
+            f"--decay-start {options.decay_start} must be below --max-steps {options.max_steps}"
+        )
     if options.val_every and options.val is None:
         raise ValueError("--val-every needs a validation set (--val)")
     learning_rate_at(0, options.learning_rate, options.lr_schedule, 0, 1)  # checks the name
@@ -201,14 +211,22 @@ class EMA:
                 self.shadow[name].copy_(value)
 
 
-def learning_rate_at(step: int, base: float, schedule: str, warmup: int, total: int) -> float:
-    """Learning rate at ``step``: linear warm-up, then constant or cosine decay to 10%."""
+def learning_rate_at(
+    step: int, base: float, schedule: str, warmup: int, total: int, decay_start: int = 0
+) -> float:
+    """Learning rate at ``step``: linear warm-up, then constant or cosine decay to 10% at ``total``.
+
+    The cosine starts at ``max(warmup, decay_start)``; between the warm-up and ``decay_start`` the
+    rate stays at ``base`` (a warm-up-stable-decay schedule). A ``decay_start`` at the current step
+    of a finished run is a cooldown: the run goes on from ``base`` down to ``base / 10``.
+    """
     if warmup > 0 and step < warmup:
         return base * (step + 1) / warmup
     if schedule == "constant":
         return base
     if schedule == "cosine":
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        start = max(warmup, decay_start)
+        progress = min(1.0, max(0.0, (step - start) / max(1, total - start)))
         return base * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
     raise ValueError(f"Unknown learning-rate schedule {schedule!r}; choose constant or cosine")
 
@@ -310,7 +328,8 @@ def command_line(options: TrainOptions, world_size: int = 1) -> str:
     flags = {
         "task": "--task", "preset": "--preset", "epochs": "--epochs", "max_steps": "--max-steps",
         "batch_size": "--batch-size", "learning_rate": "--lr", "lr_schedule": "--lr-schedule",
-        "warmup_steps": "--warmup-steps", "seed": "--seed", "device": "--device",
+        "warmup_steps": "--warmup-steps", "decay_start": "--decay-start", "seed": "--seed",
+        "device": "--device",
         "precision": "--precision", "max_atoms": "--max-atoms",
     }  # fmt: skip
     if options.task == "dng":
@@ -981,7 +1000,7 @@ class Trainer:
         """One optimizer step; returns the detached losses [3 or 4], the gradient norm and lr."""
         lr = learning_rate_at(
             self.step, self.options.learning_rate, self.options.lr_schedule,
-            self.options.warmup_steps, self.total_steps,
+            self.options.warmup_steps, self.total_steps, self.options.decay_start,
         )  # fmt: skip
         for group in self.optimizer.param_groups:
             group["lr"] = lr

@@ -2,6 +2,7 @@
 rate schedule, data gathering, model card, bf16 autocast, bad input."""
 
 import json
+import math
 import os
 import signal
 
@@ -22,6 +23,7 @@ from kldm_cli.train import (
     cpu_flags,
     cpu_has_native_bf16,
     learning_rate_at,
+    read_training_log,
     train,
 )
 
@@ -152,6 +154,39 @@ def test_learning_rate_schedule():
         learning_rate_at(0, 1e-3, "step", 0, 10)
 
 
+def test_decay_start_holds_the_rate_then_decays_on_a_cosine():
+    def lr(step):
+        return learning_rate_at(step, 1e-3, "cosine", 10, 100, decay_start=60)
+
+    assert lr(4) == pytest.approx(5e-4)  # the warm-up is unchanged
+    assert [lr(step) for step in (10, 30, 60)] == pytest.approx([1e-3] * 3)
+    assert lr(80) == pytest.approx(1e-3 * (0.1 + 0.45))  # half-way down the cosine
+    assert lr(100) == pytest.approx(1e-4) and lr(150) == pytest.approx(1e-4)
+    rates = [lr(step) for step in range(60, 101)]
+    assert all(later < earlier for earlier, later in zip(rates, rates[1:], strict=False))
+    # from the decay start on: the cosine of a warm-up that ends there (the old cooldown trick)
+    for step in (60, 75, 100):
+        assert lr(step) == learning_rate_at(step, 1e-3, "cosine", 60, 100)
+    # a decay start inside the warm-up changes nothing: the cosine starts after the warm-up
+    assert learning_rate_at(50, 1e-3, "cosine", 10, 100, decay_start=5) == learning_rate_at(
+        50, 1e-3, "cosine", 10, 100
+    )
+
+
+def test_a_cooldown_resumes_a_finished_run_down_to_a_tenth(tmp_path):
+    run = tmp_path / "run"
+    train(_options(tmp_path, run, max_steps=4, learning_rate=2e-3))
+    result = train(_options(tmp_path, run, max_steps=8, learning_rate=1e-3,
+                            lr_schedule="cosine", decay_start=4))  # fmt: skip
+    assert result.steps == 8
+    logged = {r["step"]: r["lr"] for r in read_training_log(run / "train_log.jsonl") if "lr" in r}
+    for step in range(5, 9):  # the record of step s holds the rate used for step s - 1
+        progress = (step - 1 - 4) / 4
+        expected = 1e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+        assert logged[step] == pytest.approx(expected), step
+    assert logged[4] == pytest.approx(2e-3)
+
+
 def test_packed_dataset_gathers_the_batches_from_records_builds(tmp_path):
     records = load_dataset(FIXTURES / "mp20_small.csv", cache_dir=tmp_path / "cache").records
     packed = PackedCrystals(records)
@@ -236,6 +271,8 @@ def test_train_on_cuda(tmp_path, precision):
         (dict(val_sampler="ode"), "validation sampler"),
         (dict(val_every=1), "needs a validation set"),
         (dict(lr_schedule="step"), "schedule"),
+        (dict(decay_start=1), "needs --lr-schedule cosine"),
+        (dict(decay_start=1, lr_schedule="cosine"), "below --max-steps"),
         (dict(device="tpu"), "device"),
     ],
 )

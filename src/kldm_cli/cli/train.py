@@ -40,6 +40,9 @@ def train_command(
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
     lr_schedule: str = typer.Option("constant", "--lr-schedule", help="constant or cosine."),
     warmup_steps: int = typer.Option(0, "--warmup-steps", min=0, help="Linear LR warm-up steps."),
+    decay_start: int = typer.Option(
+        0, "--decay-start", min=0, help="Step where the cosine starts (0: after the warm-up)."
+    ),
     seed: int = typer.Option(42, "--seed", help="Seed of data order and noise."),
     device: str = typer.Option(
         "cpu", "--device", help="cpu or cuda (under torchrun: cuda = the GPU of LOCAL_RANK)."
@@ -90,7 +93,8 @@ def train_command(
     options = TrainOptions(
         data=data, out=out, val=val, task=task, preset=preset, types=types, epochs=epochs,
         max_steps=max_steps, batch_size=batch_size, learning_rate=lr, lr_schedule=lr_schedule,
-        warmup_steps=warmup_steps, seed=seed, device=device, precision=precision,
+        warmup_steps=warmup_steps, decay_start=decay_start, seed=seed, device=device,
+        precision=precision,
         checkpoint_every=checkpoint_every, log_every=log_every, val_every=val_every,
         val_subset=val_subset, val_steps=val_steps, val_sampler=val_sampler,
         val_workers=val_workers, plot=plot, max_atoms=max_atoms,
