@@ -329,8 +329,7 @@ def command_line(options: TrainOptions, world_size: int = 1) -> str:
         "task": "--task", "preset": "--preset", "epochs": "--epochs", "max_steps": "--max-steps",
         "batch_size": "--batch-size", "learning_rate": "--lr", "lr_schedule": "--lr-schedule",
         "warmup_steps": "--warmup-steps", "decay_start": "--decay-start", "seed": "--seed",
-        "device": "--device",
-        "precision": "--precision", "max_atoms": "--max-atoms",
+        "device": "--device", "precision": "--precision", "max_atoms": "--max-atoms",
     }  # fmt: skip
     if options.task == "dng":
         flags["types"] = "--types"
