@@ -18,7 +18,8 @@ import torch
 from pymatgen.core import Structure
 
 from kldm_cli.config import KLDMConfig
-from kldm_cli.predict import DEFAULT_BATCH_ATOMS, load_model, resolve_device
+from kldm_cli.device import resolve_device
+from kldm_cli.predict import DEFAULT_BATCH_ATOMS, load_model
 from kldm_cli.sampling import (
     batch_generator,
     parse_time_grid,

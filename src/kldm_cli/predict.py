@@ -23,6 +23,7 @@ from pymatgen.core import Structure
 from kldm_cli.config import KLDMConfig, SamplerConfig
 from kldm_cli.data.formula import parse_formula
 from kldm_cli.data.readers import file_sha256
+from kldm_cli.device import resolve_device
 from kldm_cli.model import KLDM
 from kldm_cli.sampling import (
     batch_generator,
@@ -66,14 +67,6 @@ def load_model(weights: str | None, task: str, device: str = "cpu") -> LoadedMod
 def _sha256(folder: Path) -> str | None:
     path = Path(folder) / "model.safetensors"
     return file_sha256(path) if path.exists() else None
-
-
-def resolve_device(device: str) -> torch.device:
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"Unknown device {device!r}; choose cpu or cuda")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA GPU is available here")
-    return torch.device(device)
 
 
 # ---------------------------------------------------------------------- compositions

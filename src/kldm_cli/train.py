@@ -57,6 +57,7 @@ from kldm_cli.data.batch import CrystalBatch, batch_index_from_num_atoms, fully_
 from kldm_cli.data.lattice import fit_lattice_stats
 from kldm_cli.data.readers import load_dataset
 from kldm_cli.data.records import CrystalRecord
+from kldm_cli.device import resolve_device
 from kldm_cli.model import KLDM
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -536,29 +537,6 @@ def distributed_from_env(environ: dict[str, str] | None = None) -> DistributedIn
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"inconsistent launch: RANK={rank}, WORLD_SIZE={world_size}")
     return DistributedInfo(rank=rank, local_rank=local_rank, world_size=world_size)
-
-
-def resolve_device(device: str, local_rank: int | None = None) -> torch.device:
-    """The training device: ``cpu``, ``cuda`` or ``cuda:N``; under torchrun ``cuda`` means
-    ``cuda:LOCAL_RANK``."""
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"Unknown device {device!r}; choose cpu or cuda")
-    if device == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ValueError(f"--device {device} was asked for, but no CUDA GPU is available here")
-    if local_rank is None:
-        return torch.device(device)
-    if device != "cuda":
-        raise ValueError(
-            f"--device {device}: under torchrun use --device cuda (each process takes the GPU "
-            "of its LOCAL_RANK; choose GPUs with CUDA_VISIBLE_DEVICES)"
-        )
-    if local_rank >= torch.cuda.device_count():
-        raise ValueError(
-            f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs are visible"
-        )
-    return torch.device("cuda", local_rank)
 
 
 #: CPU feature flags (``/proc/cpuinfo``) of native bf16 arithmetic: AMX tiles, AVX-512 BF16.
