@@ -357,6 +357,10 @@ def evaluate_dng(
             f"{', '.join(dng.COVERAGE_CUTOFFS)}"
         )
     _check_chunk(start, limit)
+    if stability:
+        from kldm_cli.relax import chgnet_device
+
+        chgnet_device(device)  # a bad --device fails before minutes of coverage work
     if stability or threads is not None:
         threads = set_threads(threads)
     report = progress or (lambda message: None)

@@ -61,8 +61,17 @@ class RelaxResult:
         return self.initial_structure.composition.reduced_formula
 
 
+def chgnet_device(device: str) -> str:
+    """``device`` (cpu, cuda, cuda:N) checked like every other ``--device`` of kldm, as the
+    string CHGNet takes; a ValueError naming it where it is unknown or absent."""
+    from kldm_cli.device import resolve_device
+
+    return str(resolve_device(device))
+
+
 def load_chgnet(device: str = "cpu") -> Any:
     """The pretrained CHGNet model on ``device``; a clear ImportError if chgnet is missing."""
+    device = chgnet_device(device)
     try:
         from chgnet.model import CHGNet
     except ImportError as error:
@@ -76,7 +85,9 @@ def _calculator(model: Any, device: str) -> Any:
     from chgnet.model.dynamics import CHGNetCalculator
 
     with contextlib.redirect_stdout(io.StringIO()):
-        return CHGNetCalculator(model=model, use_device=device, on_isolated_atoms="error")
+        return CHGNetCalculator(
+            model=model, use_device=chgnet_device(device), on_isolated_atoms="error"
+        )
 
 
 def predict_energies(
@@ -265,6 +276,7 @@ def relax_path(
     from kldm_cli.data.readers import load_dataset
     from kldm_cli.data.writers import format_cif_metadata
 
+    chgnet_device(device)  # a bad --device fails before any reading
     dataset = load_dataset(source, niggli=False, use_cache=False)
     if not dataset.records:
         raise ValueError(f"{source} holds no readable structure")

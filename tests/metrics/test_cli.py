@@ -138,3 +138,34 @@ def test_evaluate_dng_passes_the_hull_options(
     assert seen["elemental_crystals"] is True
     assert seen["threads"] is None
     assert (seen["start"], seen["limit"]) == (0, None)
+
+
+def _no_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any dataset read fail loudly: a bad --device must be refused before reading."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("read a dataset before checking --device")
+
+    monkeypatch.setattr("kldm_cli.data.readers.load_dataset", refuse)
+    monkeypatch.setattr("kldm_cli.evaluate._load", refuse)
+
+
+@pytest.mark.parametrize(
+    ("device", "cuda", "message"),
+    [("gpu", True, "Unknown device 'gpu'"), ("cuda", False, "--device cuda was asked for")],
+)
+def test_relax_and_evaluate_dng_check_the_device_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str, cuda: bool, message: str
+) -> None:
+    monkeypatch.setattr("torch.cuda.is_available", lambda: cuda)
+    _no_reading(monkeypatch)
+    source = write_cifs(tmp_path / "in", [rocksalt_nacl()])
+    relax = ["relax", str(source), "--out", str(tmp_path / "out"), "--device", device]
+    evaluate = ["evaluate", "dng", "--samples", str(source), "--reference", str(source),
+                "--workers", "0", "--device", device]  # fmt: skip
+    for args in (relax, evaluate):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1, result.output
+        assert message in " ".join(result.output.split())
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()

@@ -179,7 +179,7 @@ def dng_command(
     dataset_name: str = typer.Option(
         "mp_20", "--dataset", help="Coverage cutoffs: mp_20, carbon_24 or perov_5."
     ),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda (CHGNet)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (CHGNet)."),
     threads: int | None = threads_option(),
     workers: int = typer.Option(2, "--workers", min=0, help="Worker processes (0: in-process)."),
     timeout: float = typer.Option(

@@ -20,7 +20,7 @@ def relax_command(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for the ranked CIFs."),
     steps: int = typer.Option(500, "--steps", min=0, help="Maximum FIRE steps per structure."),
     fmax: float = typer.Option(0.1, "--fmax", min=0.0, help="Force convergence threshold (eV/Å)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
     dedupe: bool = typer.Option(
         False,
         "--dedupe/--keep-duplicates",
