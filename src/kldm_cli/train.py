@@ -748,8 +748,15 @@ class Trainer:
         return info
 
     def close(self) -> None:
-        """Leave the process group if this trainer created it."""
+        """Leave the process group if this trainer created it.
+
+        The DDP wrapper goes first: it holds the group, and a group that outlives
+        ``destroy_process_group`` is torn down whenever the trainer is freed, which for a
+        trainer caught in a reference cycle can be at interpreter exit, where Gloo's threads
+        abort the process (SIGABRT, "terminate called without an active exception").
+        """
         if self._owns_process_group and dist.is_initialized():
+            self.model.network = self.network
             dist.destroy_process_group()
         self._owns_process_group = False
 

@@ -1,6 +1,7 @@
 """Multi-process training (DDP) on CPU: 2 processes over Gloo, launched as torchrun would
 (``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_*`` in the environment)."""
 
+import gc
 import json
 import os
 import socket
@@ -40,6 +41,12 @@ def _options(root, out, **kw):
     return TrainOptions(**base)
 
 
+def _live_ddp_wrappers() -> int:
+    from torch.nn.parallel import DistributedDataParallel
+
+    return sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+
+
 def _worker(rank: int, root, ports) -> None:
     """Three runs per rank: 5 straight steps; stopped at step 2 by rank 1 alone; resumed to 5."""
     torch.set_num_threads(1)
@@ -68,6 +75,10 @@ def _worker(rank: int, root, ports) -> None:
         trainer._train_step = step_then_stop
     result = trainer.run()
     assert result.interrupted and result.steps == 2, result
+    # The trainer lives on (on rank 1 in a reference cycle, through step_then_stop), but the
+    # DDP wrapper, which holds the destroyed process group, must not: a group freed late, at
+    # interpreter exit, aborts the process.
+    assert _live_ddp_wrappers() == 0
 
     os.environ["MASTER_PORT"] = str(ports[2])
     trainer = Trainer(_options(root, "resumed", max_steps=5))
