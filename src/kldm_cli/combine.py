@@ -52,7 +52,7 @@ def combine_dng_records(
     from kldm_cli.metrics.stability import STABILITY_THRESHOLD, stability_metrics
 
     names = _part_names(parts, part_names)
-    _check_dng(base, base_name)
+    check_dng(base, base_name)
     by_id = index_by_material_id(base, base_name)
     reference_part = parts[0]
     measured: dict[str, dict[str, Any]] = {}
@@ -303,7 +303,8 @@ def check_csp(record: dict[str, Any], name: str) -> None:
         raise ValueError(f"{name} is not a `kldm evaluate csp` record")
 
 
-def _check_dng(record: dict[str, Any], name: str) -> None:
+def check_dng(record: dict[str, Any], name: str) -> None:
+    """``record`` is a ``kldm evaluate dng`` record (``name`` names it in the error)."""
     if record.get("task") != "dng" or "per_sample" not in record:
         raise ValueError(f"{name} is not a `kldm evaluate dng` record")
 
@@ -331,7 +332,7 @@ def _check_part(
     base_name: str,
 ) -> None:
     """``part`` is a stability record of the same samples, settings and hull files as ``first``."""
-    _check_dng(part, name)
+    check_dng(part, name)
     if not part["settings"].get("stability"):
         raise ValueError(f"{name} has no stability (it was made with --no-stability)")
     made_by = base["settings"].get("samples_metadata", {})

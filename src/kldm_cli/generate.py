@@ -147,8 +147,8 @@ def generate(
             structure = record.to_structure()
             metadata = {
                 "formula": structure.composition.formula.replace(" ", ""), "sample_index": index,
-                "seed": seed, "model": loaded.source, "sampler": sampler.method,
-                "steps": sampler.num_steps, "grid": sampler.time_grid,
+                "seed": seed, "model": loaded.source, "weights_sha256": loaded.weights_sha256,
+                "sampler": sampler.method, "steps": sampler.num_steps, "grid": sampler.time_grid,
             }  # fmt: skip
             result.files.append(writer.write(structure, index, metadata))
             result.structures.append(structure)

@@ -262,7 +262,8 @@ def predict(
             metadata = {
                 "formula": structure.composition.formula.replace(" ", ""),
                 "requested_formula": formula, "sample_index": index, "seed": seed,
-                "model": loaded.source, "sampler": method, "steps": steps, "grid": grid,
+                "model": loaded.source, "weights_sha256": loaded.weights_sha256,
+                "sampler": method, "steps": steps, "grid": grid,
             }  # fmt: skip
             result.files.append(writer.write(structure, index, metadata))
             result.structures.append(structure)

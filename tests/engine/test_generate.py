@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 
 from kldm_cli.cli.main import app
 from kldm_cli.config import KLDMConfig
+from kldm_cli.data.readers import file_sha256, load_dataset
 from kldm_cli.generate import generate, parse_num_atoms
 
 runner = CliRunner()
@@ -27,6 +28,18 @@ def test_cli_generate_requested_atom_counts(tiny_dng_model, tmp_path):
         assert len(structure) == 5
         assert structure.volume > 0
         assert {site.specie.Z for site in structure} <= elements
+
+
+@pytest.mark.parametrize("fmt", ["cif", "extxyz"])
+def test_samples_name_the_weights_that_made_them(tiny_dng_model, tmp_path, fmt):
+    out = tmp_path / "samples"
+    generate(2, out=out, weights=str(tiny_dng_model), steps=5, seed=1, fmt=fmt)
+
+    source = out if fmt == "cif" else out / "samples.extxyz"
+    records = load_dataset(source, use_cache=False).records
+    expected = file_sha256(tiny_dng_model / "model.safetensors")
+    assert [r.metadata["weights_sha256"] for r in records] == [expected, expected]
+    assert {r.metadata["seed"] for r in records} == {1}
 
 
 class Interrupt(Exception):

@@ -6,6 +6,8 @@ from typer.testing import CliRunner
 
 from kldm_cli.cli.main import app
 from kldm_cli.config import KLDMConfig
+from kldm_cli.data.readers import file_sha256
+from kldm_cli.data.writers import parse_cif_metadata
 from kldm_cli.predict import plan_compositions, predict
 
 runner = CliRunner()
@@ -38,6 +40,9 @@ def test_cli_predict_writes_cifs(tiny_csp_model, tmp_path, sampler):
         structure = Structure.from_file(path)
         assert structure.composition == expected
         assert structure.volume > 0
+    header = parse_cif_metadata(files[0].read_text())
+    assert header["weights_sha256"] == file_sha256(tiny_csp_model / "model.safetensors")
+    assert (header["seed"], header["sampler"], header["steps"]) == (7, sampler, 20)
 
 
 def test_same_seed_same_structures(tiny_csp_model, tmp_path):
@@ -62,6 +67,8 @@ def test_extxyz_output(tiny_csp_model, tmp_path):
 
     frames = read(result.files[0], index=":")
     assert len(frames) == 2
+    sha256 = file_sha256(tiny_csp_model / "model.safetensors")
+    assert [frame.info["weights_sha256"] for frame in frames] == [sha256, sha256]
 
 
 @pytest.mark.parametrize(

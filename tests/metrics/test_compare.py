@@ -1,5 +1,6 @@
-"""``compare_csp_records`` / ``kldm evaluate compare``: paired comparison of two CSP records,
-checked on records made by ``evaluate_csp`` and against scipy's exact binomial test."""
+"""``compare_csp_records`` / ``compare_dng_records`` / ``kldm evaluate compare``: paired
+comparison of two records, checked on records made by ``evaluate_csp`` and ``evaluate_dng`` and
+against scipy's exact binomial test."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ from scipy.stats import binomtest
 from typer.testing import CliRunner
 
 from kldm_cli.cli.main import app
-from kldm_cli.compare import compare_csp_records, mcnemar_exact_p
-from kldm_cli.evaluate import evaluate_csp, write_record
+from kldm_cli.compare import compare_csp_records, compare_dng_records, mcnemar_exact_p
+from kldm_cli.evaluate import evaluate_csp, evaluate_dng, write_record
 
-from .conftest import cscl_nacl, low_symmetry_crystal, rocksalt_nacl
-from .helpers import write_csv
+from .conftest import collapsed_nacl, cscl_nacl, displaced, low_symmetry_crystal, rocksalt_nacl
+from .helpers import write_cifs, write_csv
 
 runner = CliRunner()
 
@@ -108,7 +109,8 @@ def test_cli_prints_and_writes_the_comparison(tmp_path: Path, monkeypatch) -> No
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda r: r.update(task="dng"), "is not a `kldm evaluate csp` record"),
+        (lambda r: r.update(task="dng"), "only records of the same task can be compared"),
+        (lambda r: r.pop("per_target"), "is not a `kldm evaluate csp` record"),
         (lambda r: r["per_target"].append(dict(r["per_target"][0])), "appears twice"),
         (lambda r: r["per_target"][0].update(formula="KCl"), "not the same test rows"),
         (lambda r: [e.update(material_id="x" + e["material_id"]) for e in r["per_target"]],
@@ -128,3 +130,120 @@ def test_records_that_cannot_be_compared_are_refused_by_name(
 
     assert result.exit_code != 0
     assert message in " ".join(result.output.split())  # the error names long paths: it wraps
+
+
+# ------------------------------------------------------------------------------------ DNG
+
+
+def dng_record(stable: list[bool | None], valid: list[bool] | None = None, seed: int = 0) -> dict:
+    """A DNG record of samples ``sample_000, ...``: ``stable[i]`` None for a sample whose
+    stability was not measured (outside the combined chunks)."""
+    valid = valid or [True] * len(stable)
+    per_sample = []
+    for i, (is_stable, is_valid) in enumerate(zip(stable, valid, strict=True)):
+        entry = {
+            "index": i, "material_id": f"sample_{i:03d}", "formula": "NaCl",
+            "structurally_valid": True, "compositionally_valid": is_valid, "unique": True,
+            "novel": True,
+        }  # fmt: skip
+        if is_stable is not None:
+            entry.update(e_above_hull=0.0 if is_stable else 0.5, stable=is_stable, sun=is_stable)
+        per_sample.append(entry)
+    return {
+        "task": "dng", "per_sample": per_sample, "metrics": {"cov_recall": 0.5},
+        "settings": {"samples_metadata": {"seed": seed, "weights_sha256": "w"}},
+        "inputs": {"samples": {"sha256": f"samples-{seed}"}},
+    }  # fmt: skip
+
+
+def test_dng_samples_are_paired_by_index_over_what_both_measured() -> None:
+    a = dng_record([True, True, False, False, True, None], valid=[True] * 5 + [False])
+    b = dng_record([True, False, True, True, None, True])
+
+    result = compare_dng_records(a, b)
+
+    assert result["num_samples"] == 6 and result["num_unshared_samples"] == 0
+    stable = result["outcomes"]["stable"]
+    # samples 4 (A only) and 5 (B only) were measured by one record: left out
+    assert stable["num_paired"] == 4
+    assert stable["num"] == [2, 3] and stable["rate"] == [0.5, 0.75]
+    assert (stable["num_both"], stable["num_only_a"], stable["num_only_b"]) == (1, 1, 2)
+    assert stable["p_value"] == pytest.approx(binomtest(1, 3).pvalue)
+    assert stable["difference"] == pytest.approx(0.25)
+    assert result["outcomes"]["sun"]["num"] == [2, 3]
+    valid = result["outcomes"]["valid"]
+    assert valid["num_paired"] == 6 and (valid["num_only_a"], valid["num_only_b"]) == (0, 1)
+    assert result["set_metrics"]["cov_recall"] == [0.5, 0.5]
+    assert result["same_weights"] is True and result["same_samples"] is True
+
+
+def test_dng_records_name_what_differs() -> None:
+    a = dng_record([True, False, None])
+    b = dng_record([True, True], seed=1)
+    b["settings"]["samples_metadata"]["weights_sha256"] = None  # samples of an older kldm
+
+    result = compare_dng_records(a, b)
+
+    assert result["num_samples"] == 2 and result["num_unshared_samples"] == 1
+    assert result["settings_differ"] == {"seed": [0, 1]}
+    assert result["same_weights"] is None and result["same_samples"] is False
+
+
+def test_dng_comparison_of_two_evaluated_sample_sets(tmp_path: Path) -> None:
+    reference = write_csv(tmp_path / "train.csv", [low_symmetry_crystal(), ROCKSALT_KCL])
+    nacl = [displaced(rocksalt_nacl(), 0.05, seed=seed) for seed in range(3)]
+    a = evaluate_dng(write_cifs(tmp_path / "a", nacl), reference, stability=False, workers=0)
+    b_samples = [nacl[0], collapsed_nacl(), nacl[2]]
+    b = evaluate_dng(write_cifs(tmp_path / "b", b_samples), reference, stability=False, workers=0)
+
+    result = compare_dng_records(a, b)
+
+    assert result["num_samples"] == 3
+    valid = result["outcomes"]["valid"]
+    assert valid["num"] == [3, 2] and (valid["num_only_a"], valid["num_only_b"]) == (1, 0)
+    assert "stable" not in result["outcomes"]  # neither record measured stability
+    assert result["set_metrics"]["cov_recall"] == [
+        a["metrics"]["cov_recall"], b["metrics"]["cov_recall"]
+    ]  # fmt: skip
+    assert result["same_samples"] is False
+
+
+def test_cli_compares_dng_records(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    a = write_record(dng_record([True, False, False, None]), tmp_path / "a.json")
+    b = write_record(dng_record([True, True, True], seed=2), tmp_path / "b.json")
+    out = tmp_path / "comparison.json"
+
+    result = runner.invoke(app, ["evaluate", "compare", str(a), str(b), "--out", str(out)])
+
+    assert result.exit_code == 0, result.output
+    stable_row = next(line for line in result.output.splitlines() if "stable" in line)
+    assert "33.33 %" in stable_row and "100.00 %" in stable_row and "0 / 2" in stable_row
+    assert "1 sample(s) are in only one record" in result.output
+    assert "differ in seed" in result.output
+    assert json.loads(out.read_text())["outcomes"]["sun"]["num_only_b"] == 2
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: r.update(task="csp"), "only records of the same task can be compared"),
+        (lambda r: r.pop("per_sample"), "is not a `kldm evaluate dng` record"),
+        (lambda r: r["per_sample"].append(dict(r["per_sample"][0])), "appears twice"),
+        (lambda r: [e.update(material_id="x" + e["material_id"]) for e in r["per_sample"]],
+         "no sample in common"),
+    ],
+)  # fmt: skip
+def test_dng_records_that_cannot_be_compared_are_refused_by_name(
+    tmp_path: Path, monkeypatch, change, message: str
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    a = write_record(dng_record([True, False]), tmp_path / "a.json")
+    bad = dng_record([True, False])
+    change(bad)
+    bad_path = write_record(bad, tmp_path / "bad.json")
+
+    result = runner.invoke(app, ["evaluate", "compare", str(a), str(bad_path)])
+
+    assert result.exit_code != 0
+    assert message in " ".join(result.output.split())

@@ -309,21 +309,28 @@ def _print_combined_stability(record: dict, num_parts: int) -> None:
 
 @app.command("compare")
 def compare_command(
-    first: Path = typer.Argument(..., help="CSP record A (kldm evaluate csp or combine)."),
-    second: Path = typer.Argument(..., help="CSP record B, evaluated on the same test rows."),
+    first: Path = typer.Argument(..., help="Record A (kldm evaluate csp, dng or combine)."),
+    second: Path = typer.Argument(
+        ..., help="Record B of the same task: CSP on the same test rows, DNG of as many samples."
+    ),
     out: Path | None = typer.Option(None, "--out", help="Write the comparison as JSON here."),
 ) -> None:
-    """Compare two CSP records target by target (paired, exact McNemar test)."""
+    """Compare two records pairwise (exact McNemar test): CSP target by target, DNG sample by
+    sample (validity, stability, S.U.N.)."""
     from kldm_cli.combine import load_records
-    from kldm_cli.compare import compare_csp_records
+    from kldm_cli.compare import compare_records
     from kldm_cli.evaluate import write_record
 
     with user_errors():
         record_a, record_b = load_records([first, second])
-        result = compare_csp_records(record_a, record_b, names=(str(first), str(second)))
+        result = compare_records(record_a, record_b, names=(str(first), str(second)))
         if out is not None:
             write_record(result, out)
-    _print_comparison(result)
+    if result["task"] == "dng":
+        _print_dng_comparison(result)
+    else:
+        _print_comparison(result)
+    _warn_comparison(result, "sample" if result["task"] == "dng" else "target")
     if out is not None:
         console.print(f"Comparison written to {out}")
 
@@ -342,14 +349,45 @@ def _print_comparison(result: dict[str, Any]) -> None:
     table.add_row("B − A", f"{100 * result['difference']:+.2f} points")
     table.add_row("exact McNemar p (two-sided)", f"{result['p_value']:.3g}")
     console.print(table)
-    if result["num_unshared_targets"]:
+
+
+#: Row labels of the DNG outcomes.
+_OUTCOME_LABELS = {"valid": "valid", "stable": "stable", "sun": "S.U.N."}
+
+
+def _print_dng_comparison(result: dict[str, Any]) -> None:
+    for side, name in zip("AB", result["names"], strict=True):
+        console.print(f"{side}: {name}", highlight=False)
+    table = Table(title=f"DNG, paired by sample index ({result['num_samples']} samples in both)")
+    for column in ("", "paired", "A", "B", "both", "only A / only B", "B − A", "McNemar p"):
+        table.add_column(column, justify="left" if not column else "right")
+    for outcome, c in result["outcomes"].items():
+        table.add_row(
+            _OUTCOME_LABELS.get(outcome, outcome), str(c["num_paired"]),
+            _percent(c["rate"][0]), _percent(c["rate"][1]), str(c["num_both"]),
+            f"{c['num_only_a']} / {c['num_only_b']}", f"{100 * c['difference']:+.2f} points",
+            f"{c['p_value']:.3g}",
+        )  # fmt: skip
+    console.print(table)
+    sets = Table(title="Set-level metrics (not paired)")
+    for column in ("metric", "A", "B"):
+        sets.add_column(column, justify="left" if column == "metric" else "right")
+    for key, (value_a, value_b) in result["set_metrics"].items():
+        sets.add_row(key, _number(value_a), _number(value_b))
+    console.print(sets)
+
+
+def _warn_comparison(result: dict[str, Any], noun: str) -> None:
+    unshared = result[f"num_unshared_{noun}s"]
+    if unshared:
         err_console.print(
-            f"[yellow]{result['num_unshared_targets']} target(s) are in only one record and "
-            "were left out[/]"
+            f"[yellow]{unshared} {noun}(s) are in only one record and were left out[/]"
         )
     for key, (value_a, value_b) in result["settings_differ"].items():
         err_console.print(
             f"[yellow]the records differ in {key}: {value_a!r} (A), {value_b!r} (B)[/]"
         )
-    if result["same_weights"] and not result["settings_differ"]:
+    if result.get("same_samples"):
+        err_console.print("[yellow]A and B scored the same sample files[/]")
+    elif result["same_weights"] and not result["settings_differ"]:
         err_console.print("[yellow]same weights and settings: A and B differ only by chance[/]")
