@@ -211,7 +211,9 @@ def test_dng_comparison_of_two_evaluated_sample_sets(tmp_path: Path) -> None:
 def test_cli_compares_dng_records(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("COLUMNS", "200")
     a = write_record(dng_record([True, False, False, None]), tmp_path / "a.json")
-    b = write_record(dng_record([True, True, True], seed=2), tmp_path / "b.json")
+    b_record = dng_record([True, True, True], seed=2)
+    del b_record["settings"]["samples_metadata"]["weights_sha256"]
+    b = write_record(b_record, tmp_path / "b.json")
     out = tmp_path / "comparison.json"
 
     result = runner.invoke(app, ["evaluate", "compare", str(a), str(b), "--out", str(out)])
@@ -221,6 +223,7 @@ def test_cli_compares_dng_records(tmp_path: Path, monkeypatch) -> None:
     assert "33.33 %" in stable_row and "100.00 %" in stable_row and "0 / 2" in stable_row
     assert "1 sample(s) are in only one record" in result.output
     assert "differ in seed" in result.output
+    assert "weights that made the samples are not recorded" in " ".join(result.output.split())
     assert json.loads(out.read_text())["outcomes"]["sun"]["num_only_b"] == 2
 
 

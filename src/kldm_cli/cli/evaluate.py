@@ -387,6 +387,11 @@ def _warn_comparison(result: dict[str, Any], noun: str) -> None:
         err_console.print(
             f"[yellow]the records differ in {key}: {value_a!r} (A), {value_b!r} (B)[/]"
         )
+    if result["task"] == "dng" and result["same_weights"] is None:
+        err_console.print(
+            "[yellow]the weights that made the samples are not recorded in both (samples "
+            "written before kldm stored weights_sha256)[/]"
+        )
     if result.get("same_samples"):
         err_console.print("[yellow]A and B scored the same sample files[/]")
     elif result["same_weights"] and not result["settings_differ"]:
