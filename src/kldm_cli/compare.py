@@ -152,20 +152,14 @@ def compare_dng_records(
         raise ValueError(f"{names[0]} and {names[1]} have no sample in common")
     outcomes = {}
     for outcome in DNG_OUTCOMES:
-        paired = [
-            s
-            for s in common
-            if _outcome(by_id_a[s], outcome) is not None
-            and _outcome(by_id_b[s], outcome) is not None
-        ]
-        if paired:
+        pairs = {s: (_outcome(by_id_a[s], outcome), _outcome(by_id_b[s], outcome)) for s in common}
+        pairs = {s: pair for s, pair in pairs.items() if None not in pair}
+        if pairs:
+            hits_a = {s for s, (in_a, _) in pairs.items() if in_a}
+            hits_b = {s for s, (_, in_b) in pairs.items() if in_b}
             outcomes[outcome] = {
-                "num_paired": len(paired),
-                **paired_counts(
-                    {s for s in paired if _outcome(by_id_a[s], outcome)},
-                    {s for s in paired if _outcome(by_id_b[s], outcome)},
-                    len(paired),
-                ),
+                "num_paired": len(pairs),
+                **paired_counts(hits_a, hits_b, len(pairs)),
             }
     made_a = a["settings"].get("samples_metadata", {})
     made_b = b["settings"].get("samples_metadata", {})

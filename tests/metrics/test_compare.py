@@ -106,32 +106,6 @@ def test_cli_prints_and_writes_the_comparison(tmp_path: Path, monkeypatch) -> No
     assert written["p_value"] == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        (lambda r: r.update(task="dng"), "only records of the same task can be compared"),
-        (lambda r: r.pop("per_target"), "is not a `kldm evaluate csp` record"),
-        (lambda r: r["per_target"].append(dict(r["per_target"][0])), "appears twice"),
-        (lambda r: r["per_target"][0].update(formula="KCl"), "not the same test rows"),
-        (lambda r: [e.update(material_id="x" + e["material_id"]) for e in r["per_target"]],
-         "no target in common"),
-    ],
-)  # fmt: skip
-def test_records_that_cannot_be_compared_are_refused_by_name(
-    tmp_path: Path, monkeypatch, change, message: str
-) -> None:
-    monkeypatch.setenv("COLUMNS", "200")
-    a = record(tmp_path, set(), "a")
-    bad = json.loads(record(tmp_path, set(), "b").read_text())
-    change(bad)
-    bad_path = write_record(bad, tmp_path / "bad.json")
-
-    result = runner.invoke(app, ["evaluate", "compare", str(a), str(bad_path)])
-
-    assert result.exit_code != 0
-    assert message in " ".join(result.output.split())  # the error names long paths: it wraps
-
-
 # ------------------------------------------------------------------------------------ DNG
 
 
@@ -227,26 +201,46 @@ def test_cli_compares_dng_records(tmp_path: Path, monkeypatch) -> None:
     assert json.loads(out.read_text())["outcomes"]["sun"]["num_only_b"] == 2
 
 
+def csp_record(tmp_path: Path) -> dict:
+    return json.loads(record(tmp_path, set(), "b").read_text())
+
+
+def two_sample_dng_record(tmp_path: Path) -> dict:
+    return dng_record([True, False])
+
+
 @pytest.mark.parametrize(
-    "change, message",
+    "make, change, message",
     [
-        (lambda r: r.update(task="csp"), "only records of the same task can be compared"),
-        (lambda r: r.pop("per_sample"), "is not a `kldm evaluate dng` record"),
-        (lambda r: r["per_sample"].append(dict(r["per_sample"][0])), "appears twice"),
-        (lambda r: [e.update(material_id="x" + e["material_id"]) for e in r["per_sample"]],
+        (csp_record, lambda r: r.update(task="dng"),
+         "only records of the same task can be compared"),
+        (csp_record, lambda r: r.pop("per_target"), "is not a `kldm evaluate csp` record"),
+        (csp_record, lambda r: r["per_target"].append(dict(r["per_target"][0])), "appears twice"),
+        (csp_record, lambda r: r["per_target"][0].update(formula="KCl"), "not the same test rows"),
+        (csp_record,
+         lambda r: [e.update(material_id="x" + e["material_id"]) for e in r["per_target"]],
+         "no target in common"),
+        (two_sample_dng_record, lambda r: r.update(task="csp"),
+         "only records of the same task can be compared"),
+        (two_sample_dng_record, lambda r: r.pop("per_sample"),
+         "is not a `kldm evaluate dng` record"),
+        (two_sample_dng_record, lambda r: r["per_sample"].append(dict(r["per_sample"][0])),
+         "appears twice"),
+        (two_sample_dng_record,
+         lambda r: [e.update(material_id="x" + e["material_id"]) for e in r["per_sample"]],
          "no sample in common"),
     ],
 )  # fmt: skip
-def test_dng_records_that_cannot_be_compared_are_refused_by_name(
-    tmp_path: Path, monkeypatch, change, message: str
+def test_records_that_cannot_be_compared_are_refused_by_name(
+    tmp_path: Path, monkeypatch, make, change, message: str
 ) -> None:
     monkeypatch.setenv("COLUMNS", "200")
-    a = write_record(dng_record([True, False]), tmp_path / "a.json")
-    bad = dng_record([True, False])
+    a = write_record(make(tmp_path), tmp_path / "a.json")
+    bad = make(tmp_path)
     change(bad)
     bad_path = write_record(bad, tmp_path / "bad.json")
 
     result = runner.invoke(app, ["evaluate", "compare", str(a), str(bad_path)])
 
     assert result.exit_code != 0
-    assert message in " ".join(result.output.split())
+    assert message in " ".join(result.output.split())  # the error names long paths: it wraps

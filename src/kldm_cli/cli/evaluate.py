@@ -330,7 +330,7 @@ def compare_command(
         _print_dng_comparison(result)
     else:
         _print_comparison(result)
-    _warn_comparison(result, "sample" if result["task"] == "dng" else "target")
+    _warn_comparison(result)
     if out is not None:
         console.print(f"Comparison written to {out}")
 
@@ -377,7 +377,8 @@ def _print_dng_comparison(result: dict[str, Any]) -> None:
     console.print(sets)
 
 
-def _warn_comparison(result: dict[str, Any], noun: str) -> None:
+def _warn_comparison(result: dict[str, Any]) -> None:
+    noun = "sample" if result["task"] == "dng" else "target"
     unshared = result[f"num_unshared_{noun}s"]
     if unshared:
         err_console.print(
