@@ -335,6 +335,63 @@ def compare_command(
         console.print(f"Comparison written to {out}")
 
 
+@app.command("breakdown")
+def breakdown_command(
+    record: Path = typer.Argument(..., help="A CSP record (kldm evaluate csp or combine)."),
+    data: Path | None = typer.Option(
+        None, "--data", help="The record's test file: adds the split by atoms in the cell."
+    ),
+    reference: Path | None = typer.Option(
+        None,
+        "--reference",
+        help="Training data: adds the split by whether a target's composition occurs in it.",
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Write the breakdown as JSON here."),
+) -> None:
+    """Match rate of a CSP record split by number of elements, atoms in the cell (--data) and
+    compositions seen in the training data (--reference), with standard errors."""
+    from kldm_cli.breakdown import breakdown_csp_record, reference_formulas_of
+    from kldm_cli.combine import load_records
+    from kldm_cli.data.readers import load_dataset
+    from kldm_cli.evaluate import write_record
+
+    with user_errors():
+        (loaded,) = load_records([record])
+        result = breakdown_csp_record(
+            loaded,
+            name=str(record),
+            data=None if data is None else load_dataset(data),
+            data_name=str(data),
+            reference_formulas=None if reference is None else reference_formulas_of(reference),
+        )
+        if out is not None:
+            write_record(result, out)
+    _print_breakdown(result)
+    if out is not None:
+        console.print(f"Breakdown written to {out}")
+
+
+def _print_breakdown(result: dict[str, Any]) -> None:
+    from kldm_cli.breakdown import SPLITS
+
+    title = (
+        f"MR@{result['k']} of {result['name']}: {_percent(result['match_rate'])} over "
+        f"{result['num_targets']} targets"
+    )
+    table = Table(title=title)
+    for column in ("group", "targets", "matched", "match rate", "± s.e.", "RMSE"):
+        table.add_column(column, justify="left" if column == "group" else "right")
+    for split, groups in result["splits"].items():
+        table.add_section()
+        table.add_row(f"[bold]by {SPLITS[split]}[/]", "", "", "", "", "")
+        for g in groups:
+            table.add_row(
+                g["group"], str(g["num_targets"]), str(g["num_matched"]),
+                _percent(g["match_rate"]), _percent(g["stderr"]), _number(g["rmse"]),
+            )  # fmt: skip
+    console.print(table)
+
+
 def _print_comparison(result: dict[str, Any]) -> None:
     n = result["num_targets"]
     table = Table(title=f"CSP, paired over {n} targets")
