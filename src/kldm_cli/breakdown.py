@@ -41,22 +41,24 @@ ATOM_EDGES = (4, 8, 12, 16, 20)
 MAX_ELEMENT_GROUP = 5
 
 
-def element_count(formula: str) -> int:
-    """Number of distinct elements of a formula (``"LiFePO4"`` → 4)."""
-    from pymatgen.core import Composition
-
-    with warnings.catch_warnings():  # pymatgen warns about missing electronegativities
-        warnings.simplefilter("ignore")
-        return len(Composition(formula).elements)
-
-
-def reduced_formula(formula: str) -> str:
-    """pymatgen's reduced formula, so that ``"Na2Cl2"`` and ``"NaCl"`` compare equal."""
+def _composition_property(formula: str, name: str) -> Any:
+    """``Composition(formula).<name>``, without pymatgen's warnings about missing
+    electronegativities (He, Ar, …), which it raises while ordering the elements."""
     from pymatgen.core import Composition
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return Composition(formula).reduced_formula
+        return getattr(Composition(formula), name)
+
+
+def element_count(formula: str) -> int:
+    """Number of distinct elements of a formula (``"LiFePO4"`` → 4)."""
+    return len(_composition_property(formula, "elements"))
+
+
+def reduced_formula(formula: str) -> str:
+    """pymatgen's reduced formula, so that ``"Na2Cl2"`` and ``"NaCl"`` compare equal."""
+    return _composition_property(formula, "reduced_formula")
 
 
 #: A target's group: its position in the report and its label.
