@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Restore a training run's resumable state into runs/RUN: the run folder from training/RUN and its
+# last checkpoint from the commit that holds it (checkpoints are kept in git history, not in the
+# working tree, so that the tree stays small enough to travel to a GPU machine).
+# Usage: training/restore.sh RUN        (from the repository root)
+set -euo pipefail
+declare -A CHECKPOINT_COMMIT=(
+    [csp-mp20]=b43eb261840fa649d55573ed708b7f8825e9d05a         # small, step 50,000
+    [csp-mp20-medium]=5c4e726814a4b775db74306e53c9ff9e1aa09f88  # medium, step 180,000
+    [csp-perov5]=b6fc9f84ee9548d43b2f600ee29f1f221d3d040b       # small, step 2,900
+    [dng-mp20]=69b1d5148f4a9731ba19489b6de4f505901dfa14         # small, step 70,000
+)
+run=${1:?usage: training/restore.sh RUN (one of: ${!CHECKPOINT_COMMIT[*]})}
+commit=${CHECKPOINT_COMMIT[$run]:-}
+if [[ -z $commit ]]; then
+    echo "unknown run '$run'; known runs: ${!CHECKPOINT_COMMIT[*]}" >&2
+    exit 2
+fi
+if [[ -e runs/$run/checkpoint.safetensors ]]; then
+    echo "runs/$run/checkpoint.safetensors exists already: not overwritten" >&2
+    exit 1
+fi
+mkdir -p runs
+cp -r "training/$run" "runs/$run"
+git show "$commit:training/$run/checkpoint.safetensors" > "runs/$run/checkpoint.safetensors"
+echo "runs/$run restored (checkpoint of commit ${commit:0:7})"
