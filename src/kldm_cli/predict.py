@@ -33,6 +33,7 @@ from kldm_cli.sampling import (
     samples_to_records,
     set_threads,
 )
+from kldm_cli.search import SearchSettings
 
 #: Default number of atoms per sampling batch (the fully connected graph grows as atoms²
 #: per crystal, so this bounds memory and keeps a laptop responsive).
@@ -115,6 +116,18 @@ def plan_compositions(
             raise ValueError(f"--formula-units must be a positive integer or 'auto', got {units}")
         plan = [atoms * units] * num_samples
     for composition in {tuple(c) for c in plan}:
+        if len(composition) > config.max_atoms:
+            largest = config.max_atoms // len(atoms)
+            fits = (
+                f"the largest Z that fits is {largest} (--formula-units {largest})"
+                if largest >= 1
+                else "even one formula unit does not fit"
+            )
+            raise ValueError(
+                f"{formula} × {len(composition) // len(atoms)} = {len(composition)} atoms per "
+                f"cell, but the model was trained on cells of at most {config.max_atoms} atoms; "
+                f"{fits}"
+            )
         check_composition(config, composition, f"{formula} ({len(composition)} atoms)")
     return plan
 
@@ -213,7 +226,11 @@ class PredictResult:
     structures: list[Structure] = field(default_factory=list)
     model_source: str = ""
     notice: str | None = None
-    ranking: list[Any] | None = None
+    #: The ranked search (``--candidates`` / ``--relax``), else None.
+    search: Any = None
+    #: Files of the ranked structures (``rank_001_<formula>.cif``, ...) and ``summary.csv``.
+    ranked_files: list[Path] = field(default_factory=list)
+    summary: Path | None = None
 
 
 def predict(
@@ -233,12 +250,20 @@ def predict(
     on_batch: Callable[[int, int], None] | None = None,
     grid: str | None = None,
     threads: int | None = None,
+    search: SearchSettings | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> PredictResult:
     """Predict ``num_samples`` structures of ``formula`` and write them to ``out``.
 
     Everything that can be checked is checked before sampling: the formula, the output folder,
     the model (task, elements, atom range). ``grid`` is the sampler's time grid (default: the
     model's); ``threads`` the CPU threads (default: one per physical core).
+
+    With ``search`` (a ranked search, :mod:`kldm_cli.search`), ``search.candidates`` candidates
+    are sampled with the search's sampler settings (``method``/``steps``/``grid`` override them)
+    and written to ``out/candidates/``; the best ``num_samples`` after relaxation go to ``out``
+    as ``rank_001_<formula>.cif`` ... with ``summary.csv``. ``relax=True`` without ``search``
+    relaxes and ranks all ``num_samples`` samples (no screening, the model's sampler).
     """
     from kldm_cli.data.writers import StructureWriter
 
@@ -247,15 +272,27 @@ def predict(
     parse_formula(formula)  # a bad formula is refused before the model is even loaded
     if grid is not None:
         parse_time_grid(grid)
+    if relax and search is None:  # relax every sample, made with the model's sampler
+        search = SearchSettings(
+            candidates=num_samples, sampler=None, steps=None, grid=None, screen=0
+        )
+    chgnet = None
+    if search is not None:
+        from kldm_cli.relax import load_chgnet
+
+        chgnet = load_chgnet(device)  # without the [relax] extra: refused before sampling
     set_threads(threads)
     loaded = load_model(weights, "csp", device)
     config = loaded.model.config
-    plan = plan_compositions(config, formula, num_samples, formula_units)
-    writer = StructureWriter(out, fmt=fmt, prefix="sample")
+    defaults = search or SearchSettings(sampler=None, steps=None, grid=None)
+    method = method or defaults.sampler or config.sampler.method
+    steps = steps or defaults.steps or config.sampler.num_steps
+    grid = grid or defaults.grid or config.sampler.time_grid
+    num_candidates = search.candidates if search is not None else num_samples
+    plan = plan_compositions(config, formula, num_candidates, formula_units)
+    sample_dir = Path(out) / "candidates" if search is not None else Path(out)
+    writer = StructureWriter(sample_dir, fmt=fmt, prefix="sample")
     result = PredictResult(model_source=loaded.source, notice=loaded.notice)
-    method = method or config.sampler.method
-    steps = steps or config.sampler.num_steps
-    grid = grid or config.sampler.time_grid
 
     def write_batch(indices: list[int], structures: list[Structure]) -> None:
         for index, structure in zip(indices, structures, strict=True):
@@ -268,14 +305,122 @@ def predict(
             result.files.append(writer.write(structure, index, metadata))
             result.structures.append(structure)
         if on_batch is not None:
-            on_batch(len(result.structures), num_samples)
+            on_batch(len(result.structures), num_candidates)
 
-    sample_model(
+    samples = sample_model(
         loaded.model, plan, 1, method=method, steps=steps, seed=seed, device=device,
         batch_atoms=batch_atoms, on_batch=write_batch, grid=grid,
     )  # fmt: skip
-    if relax:
-        from kldm_cli.relax import rank_candidates, relax_structures
+    if search is not None:
+        from kldm_cli.search import search_structures
 
-        result.ranking = rank_candidates(relax_structures(result.structures, device=device))
+        candidates = [structures[0] for structures in samples]
+        result.search = search_structures(
+            candidates, search, model=chgnet, device=device, on_stage=on_stage
+        )
+        provenance = {
+            "requested_formula": formula, "seed": seed, "model": loaded.source,
+            "weights_sha256": loaded.weights_sha256, "sampler": method, "steps": steps,
+            "grid": grid,
+        }  # fmt: skip
+        result.ranked_files, result.summary = write_search(
+            result.search, Path(out), num_samples, fmt=fmt, provenance=provenance,
+            candidate_files=result.files, symprec=search.symprec,
+        )  # fmt: skip
     return result
+
+
+# ---------------------------------------------------------------------- ranked outputs
+SEARCH_SUMMARY_COLUMNS = (
+    "rank", "file", "sample_index", "candidate_file", "status", "duplicate_of", "formula",
+    "spacegroup", "energy_per_atom_eV", "energy_above_best_eV", "single_point_energy_per_atom_eV",
+    "relax_steps", "converged",
+)  # fmt: skip
+
+
+def write_search(
+    search: Any,
+    out: Path,
+    num_best: int,
+    *,
+    fmt: str = "cif",
+    provenance: Mapping[str, Any] | None = None,
+    candidate_files: Sequence[Path] = (),
+    symprec: float = 0.1,
+) -> tuple[list[Path], Path]:
+    """Write the best ``num_best`` structures of a :class:`~kldm_cli.search.SearchResult` to
+    ``out`` (``rank_001_<formula>.cif`` ..., or ``ranked.extxyz``), each with its energy per atom,
+    energy above the best, relaxation steps, converged flag, space group (at ``symprec``) and
+    sample index as metadata, and ``summary.csv`` with one row per candidate."""
+    import csv
+
+    from kldm_cli.data.writers import StructureWriter
+    from kldm_cli.relax import cell_formula
+
+    files: list[Path] = []
+    writer = StructureWriter(out, fmt=fmt, prefix="ranked") if fmt == "extxyz" else None
+    width = max(3, len(str(num_best)))
+    file_of: dict[int, Path] = {}
+    for entry in search.ranking[:num_best]:
+        metadata = {
+            **dict(provenance or {}), "rank": entry.rank, "sample_index": entry.sample_index,
+            "energy_per_atom_eV": entry.energy_per_atom,
+            "energy_above_best_eV": entry.energy_above_best,
+            "single_point_energy_per_atom_eV": entry.single_point_energy_per_atom,
+            "relax_steps": entry.relax_steps, "converged": entry.converged,
+            "spacegroup": entry.spacegroup, "spacegroup_number": entry.spacegroup_number,
+            "symprec": symprec, "potential": "CHGNet",
+        }  # fmt: skip
+        if writer is not None:
+            path = writer.write(entry.structure, entry.rank - 1, metadata)
+        else:
+            path = _write_ranked_cif(
+                out / f"rank_{entry.rank:0{width}d}_{cell_formula(entry.structure)}.cif",
+                entry.structure, metadata,
+            )  # fmt: skip
+        file_of[entry.sample_index] = path
+        if path not in files:
+            files.append(path)
+    ranked = {entry.sample_index: entry for entry in search.ranking}
+    order = sorted(search.candidates, key=lambda c: (c.rank is None, c.rank or 0, c.sample_index))
+    summary = Path(out) / "summary.csv"
+    with open(summary, "w", newline="") as handle:
+        table = csv.writer(handle)
+        table.writerow(SEARCH_SUMMARY_COLUMNS)
+        for outcome in order:
+            entry = ranked.get(outcome.sample_index)
+            relaxation = outcome.relaxation
+            path = file_of.get(outcome.sample_index)
+            candidate = (
+                candidate_files[outcome.sample_index].name
+                if outcome.sample_index < len(candidate_files)
+                else ""
+            )
+            table.writerow(
+                [
+                    outcome.rank or "", path.name if path else "", outcome.sample_index,
+                    candidate, outcome.status,
+                    "" if outcome.duplicate_of is None else outcome.duplicate_of,
+                    cell_formula(entry.structure) if entry else "",
+                    (entry.spacegroup or "") if entry else "",
+                    _number(relaxation.energy_per_atom if relaxation else None),
+                    _number(entry.energy_above_best if entry else None),
+                    _number(outcome.single_point_energy_per_atom),
+                    relaxation.num_steps if relaxation else "",
+                    relaxation.converged if relaxation else "",
+                ]
+            )  # fmt: skip
+    return files, summary
+
+
+def _write_ranked_cif(path: Path, structure: Structure, metadata: Mapping[str, Any]) -> Path:
+    from pymatgen.io.cif import CifWriter
+
+    from kldm_cli.data.writers import format_cif_metadata
+
+    path.write_text(format_cif_metadata(dict(metadata)) + str(CifWriter(structure)))
+    return path
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"

@@ -21,7 +21,7 @@ import contextlib
 import csv
 import io
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,20 +219,54 @@ def rank_candidates(
     matcher = StructureMatcher(**(matcher_settings or {}))
     kept: list[RelaxResult] = []
     for result in ranked:
-        if not any(_same(matcher, result.structure, other.structure) for other in kept):
+        if not any(same_structure(matcher, result.structure, other.structure) for other in kept):
             kept.append(result)
     return kept
 
 
-def _same(matcher: Any, first: Structure | None, second: Structure | None) -> bool:
+#: Seconds one structure comparison may take: StructureMatcher can spend minutes (or forever)
+#: reducing a pathological generated cell.
+MATCH_TIME_LIMIT_S = 10.0
+
+
+def same_structure(matcher: Any, first: Structure | None, second: Structure | None) -> bool:
+    """``matcher.fit`` of two structures of one reduced composition (False if either is missing,
+    the matcher fails, or it runs past :data:`MATCH_TIME_LIMIT_S` in the main thread)."""
     if first is None or second is None:
         return False
     if first.composition.reduced_composition != second.composition.reduced_composition:
         return False
     try:
-        return bool(matcher.fit(first, second))
-    except Exception:  # noqa: BLE001 - cannot compare: keep both
+        with time_limit(MATCH_TIME_LIMIT_S):
+            return bool(matcher.fit(first, second))
+    except Exception:  # noqa: BLE001 - cannot compare (or too slow): keep both
         return False
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`TimeoutError` in the block after ``seconds`` (a SIGALRM timer; in threads
+    other than the main one, or where there is no SIGALRM, the block runs without a limit)."""
+    import signal
+    import threading
+
+    if (
+        not hasattr(signal, "setitimer")
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"took longer than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 # ---------------------------------------------------------------------- the command

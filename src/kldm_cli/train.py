@@ -55,7 +55,7 @@ from kldm_cli.config import (
 )
 from kldm_cli.data.batch import CrystalBatch, batch_index_from_num_atoms, fully_connected_edges
 from kldm_cli.data.lattice import fit_lattice_stats
-from kldm_cli.data.readers import load_dataset
+from kldm_cli.data.readers import file_sha256, load_dataset
 from kldm_cli.data.records import CrystalRecord
 from kldm_cli.device import resolve_device
 from kldm_cli.model import KLDM
@@ -102,6 +102,9 @@ class TrainOptions:
     max_atoms: int | None = None
     cache_dir: Path | None = None
     plot: bool = True
+    #: Model folder whose network weights start the run (fine-tuning); its network size and
+    #: element list are kept, lattice statistics and atom counts are fitted on the new data.
+    init_from: Path | None = None
     network_overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -120,11 +123,35 @@ class TrainResult:
 
 # ---------------------------------------------------------------------- configuration
 def build_config(
-    options: TrainOptions, records: Sequence[CrystalRecord], data_hash: str
+    options: TrainOptions,
+    records: Sequence[CrystalRecord],
+    data_hash: str,
+    init: KLDMConfig | None = None,
+    init_sha256: str | None = None,
 ) -> KLDMConfig:
-    """Derive the model config from the options and the training set."""
+    """Derive the model config from the options and the training set.
+
+    With ``init`` (the config of the model a fine-tuning run starts from) the network, the atom
+    types and the element list are the initial model's, so its weights fit; lattice statistics,
+    atom counts and ``max_atoms`` come from ``records``.
+    """
     if options.task not in ("csp", "dng"):
         raise ValueError(f"Unknown task {options.task!r}; choose 'csp' or 'dng'")
+    if init is not None:
+        config = build_config(options, records, data_hash)
+        return replace(
+            config,
+            network=init.network,
+            types=init.types,
+            elements=list(init.elements),
+            train=replace(config.train, ema_decay=init.train.ema_decay),
+            provenance={
+                **config.provenance,
+                "preset": init.provenance.get("preset"),
+                "init_from": str(options.init_from),
+                "init_from_sha256": init_sha256,
+            },
+        )
     elements = sorted({int(z) for record in records for z in record.atomic_numbers})
     counts = Counter(int(record.num_atoms) for record in records)
     types = None
@@ -331,6 +358,7 @@ def command_line(options: TrainOptions, world_size: int = 1) -> str:
         "batch_size": "--batch-size", "learning_rate": "--lr", "lr_schedule": "--lr-schedule",
         "warmup_steps": "--warmup-steps", "decay_start": "--decay-start", "seed": "--seed",
         "device": "--device", "precision": "--precision", "max_atoms": "--max-atoms",
+        "init_from": "--init-from",
     }  # fmt: skip
     if options.task == "dng":
         flags["types"] = "--types"
@@ -681,6 +709,7 @@ class Trainer:
         checkpoint_path = self.out / CHECKPOINT_NAME
         config_path = self.out / "config.json"
         self.resumed = checkpoint_path.exists() and config_path.exists()
+        init_state: dict[str, Tensor] | None = None
         self._barrier()  # every rank has looked before rank 0 writes config.json
         if self.resumed:
             self.config = KLDMConfig.load(config_path)
@@ -691,14 +720,28 @@ class Trainer:
                     "use a new --out folder"
                 )
         else:
-            self.config = build_config(options, self.records, dataset.content_hash)
+            init_config, init_state = self._read_init()
+            self.config = build_config(
+                options,
+                self.records,
+                dataset.content_hash,
+                init=init_config,
+                init_sha256=self._init_sha256(),
+            )
             if self.dist.is_main:
                 self.config.save(config_path)
         self.val_records = self._load_val_records()
 
         with torch.random.fork_rng(devices=[]):  # weight init fixed by the seed
             torch.manual_seed(options.seed)
-            self.model = KLDM(self.config).to(self.device)
+            self.model = KLDM(self.config)
+        if not self.resumed and init_state is not None:
+            from kldm_cli.hub import load_state_dict_strict
+
+            load_state_dict_strict(
+                self.model.network, init_state, str(Path(options.init_from) / "model.safetensors")
+            )
+        self.model = self.model.to(self.device)
         #: The network that owns the parameters (optimizer, EMA, checkpoints).
         self.network = self.model.network
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=options.learning_rate)
@@ -811,6 +854,40 @@ class Trainer:
     def request_stop(self) -> None:
         """Ask :meth:`run` to write a checkpoint and return after the current step."""
         self._stop.requested = True
+
+    # -------------------------------------------------------------- fine-tuning
+    def _read_init(self) -> tuple[KLDMConfig | None, dict[str, Tensor] | None]:
+        """The config and weights of ``--init-from``, with the training structures restricted to
+        its elements (``(None, None)`` without ``--init-from``)."""
+        if self.options.init_from is None:
+            return None, None
+        from kldm_cli.hub import read_model_folder
+
+        init_config, init_state = read_model_folder(self.options.init_from)
+        if init_config.task != self.options.task:
+            raise ValueError(
+                f"--init-from {self.options.init_from} holds a {init_config.task.upper()} model; "
+                f"this run trains {self.options.task.upper()}"
+            )
+        known = set(init_config.elements)
+        kept = [r for r in self.records if {int(z) for z in r.atomic_numbers} <= known]
+        if not kept:
+            raise ValueError(
+                f"{self.options.data}: no structure uses only the elements of the model in "
+                f"{self.options.init_from}"
+            )
+        if len(kept) < len(self.records):
+            self.notes.append(
+                f"--init-from: {len(self.records) - len(kept)} training structures left out "
+                f"(elements unknown to {self.options.init_from})"
+            )
+        self.records = kept
+        return init_config, init_state
+
+    def _init_sha256(self) -> str | None:
+        if self.options.init_from is None:
+            return None
+        return file_sha256(Path(self.options.init_from) / "model.safetensors")
 
     # -------------------------------------------------------------- data
     def _load_val_records(self) -> list[CrystalRecord]:

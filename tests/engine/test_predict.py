@@ -94,8 +94,11 @@ def test_cli_predict_refuses_bad_input(tiny_csp_model, tmp_path, formula, units,
 def test_too_many_atoms_refused_before_sampling(tiny_csp_model):
     config = KLDMConfig.load(tiny_csp_model / "config.json")
     formula = _formula(tiny_csp_model)
-    with pytest.raises(ValueError, match="at most"):
+    with pytest.raises(ValueError, match="at most") as refused:
         plan_compositions(config, formula, 2, formula_units=config.max_atoms)
+    per_unit = len(plan_compositions(config, formula, 1)[0])
+    largest = config.max_atoms // per_unit
+    assert f"the largest Z that fits is {largest} (--formula-units {largest})" in str(refused.value)
 
 
 def test_formula_units_auto_stays_in_range(tiny_csp_model):

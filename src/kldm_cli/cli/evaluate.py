@@ -80,10 +80,32 @@ def csp_command(
         30.0, "--timeout", min=0.0, help="Seconds per candidate/target match; past it: no match."
     ),
     out: Path | None = typer.Option(None, "--out", help="Write the JSON record here."),
+    rank: bool = typer.Option(
+        False,
+        "--rank",
+        help="Also relax the -k candidates with CHGNet, rank them by energy (as predict "
+        "--candidates) and report ranked top-1/3/5 next to MR@1 and MR@k. Needs [relax].",
+    ),
+    screen: int = typer.Option(
+        5, "--screen", min=0, help="With --rank: unique candidates relaxed (0: all)."
+    ),
+    relax_steps: int = typer.Option(
+        100, "--relax-steps", min=0, help="With --rank: most FIRE steps per relaxation."
+    ),
+    relax_workers: int = typer.Option(
+        1, "--relax-workers", min=0, help="With --rank: relaxation processes."
+    ),
 ) -> None:
     """Crystal structure prediction: match rate and RMSE against a test set."""
     from kldm_cli.evaluate import SAMPLERS, evaluate_csp
+    from kldm_cli.search import SearchSettings
 
+    search = None
+    if rank:
+        search = SearchSettings(
+            candidates=k, sampler=sampler, steps=steps, grid=grid, screen=screen,
+            relax_steps=relax_steps, workers=relax_workers,
+        )  # fmt: skip
     if sampler not in SAMPLERS:
         raise typer.BadParameter(f"choose pc or em, got {sampler!r}", param_hint="--sampler")
     if timeout <= 0:
@@ -94,7 +116,7 @@ def csp_command(
                 data, weights=weights, k=k, limit=limit, start=start, sampler=sampler,
                 steps=steps, seed=seed, device=device, grid=grid, threads=threads,
                 batch_atoms=batch_atoms, workers=workers, timeout=timeout, out=out,
-                progress=_progress,
+                progress=_progress, search=search,
             )  # fmt: skip
     except KeyboardInterrupt:
         _interrupted(out)
@@ -132,6 +154,21 @@ def _print_csp(record: dict, title: str) -> None:
     table.add_row("matcher errors", str(metrics["num_errors"]))
     table.add_row("sampling time", f"{timing['sampling']:.1f} s")
     table.add_row("matching time", f"{timing['matching']:.1f} s")
+    ranked = record.get("ranked")
+    if ranked is not None:
+        metrics = ranked["metrics"]
+        labels = {
+            "raw_mr_at_1": "raw MR@1", "raw_mr_at_k": f"raw MR@{record['metrics']['k']}",
+            "ranked_top_1": "ranked top-1", "ranked_top_3": "ranked top-3",
+            "ranked_top_5": "ranked top-5",
+        }  # fmt: skip
+        for key, label in labels.items():
+            table.add_row(
+                label,
+                f"{_percent(metrics[key]['match_rate'])} (RMSE {_number(metrics[key]['rmse'])})",
+            )
+        for name, seconds in metrics["search_seconds_per_composition"].items():
+            table.add_row(f"{name} per composition", f"{seconds:.1f} s")
     console.print(table)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -17,6 +18,11 @@ from kldm_cli.cli.common import (
     threads_option,
     user_errors,
 )
+from kldm_cli.cli.relax import missing_extra
+from kldm_cli.search import SearchSettings
+
+if TYPE_CHECKING:
+    from kldm_cli.predict import PredictResult
 
 
 def predict_command(
@@ -41,23 +47,73 @@ def predict_command(
     batch_atoms: int = batch_atoms_option(),
     grid: str | None = grid_option(),
     threads: int | None = threads_option(),
-    relax: bool = typer.Option(False, "--relax", help="Relax with CHGNet and rank by energy."),
+    relax: bool = typer.Option(
+        False, "--relax", help="Relax all -n samples with CHGNet and write them ranked by energy."
+    ),
+    candidates: int | None = typer.Option(
+        None,
+        "--candidates",
+        min=1,
+        help="Search mode: sample this many cheap candidates (EM 100 steps, power:3 grid unless "
+        "--sampler/--steps/--grid), drop duplicates, relax the --screen lowest in CHGNet energy "
+        "and write the best -n ranked by energy per atom. Needs the [relax] extra.",
+    ),
+    screen: int = typer.Option(
+        SearchSettings.screen,
+        "--screen",
+        min=0,
+        help="Search mode: unique candidates relaxed, lowest single-point energy first (0: all).",
+    ),
+    relax_steps: int = typer.Option(
+        SearchSettings.relax_steps, "--relax-steps", min=0, help="Most FIRE steps per relaxation."
+    ),
+    fmax: float = typer.Option(
+        SearchSettings.fmax, "--fmax", help="Relaxation stops below this force (eV/Å)."
+    ),
+    workers: int = typer.Option(
+        1, "--workers", min=0, help="Processes relaxing candidates in parallel (CPU)."
+    ),
 ) -> None:
-    """Predict crystal structures for a composition."""
+    """Predict crystal structures for a composition.
+
+    With [bold]--candidates N[/] (search mode) the best -n of N relaxed candidates are written as
+    rank_001_<formula>.cif ... with summary.csv; the unrelaxed candidates go to OUT/candidates/.
+    """
     from kldm_cli.predict import predict
 
     check_count_and_sampler(n, "-n", sampler)
+    search = None
+    if candidates is not None:
+        if candidates < n:
+            raise typer.BadParameter(
+                f"--candidates {candidates} is fewer than the -n {n} structures to write",
+                param_hint="--candidates",
+            )
+        search = SearchSettings(
+            candidates=candidates, screen=screen, relax_steps=relax_steps, fmax=fmax,
+            workers=workers,
+        )  # fmt: skip
+    elif relax:
+        search = SearchSettings(
+            candidates=n, sampler=None, steps=None, grid=None, screen=0,
+            relax_steps=relax_steps, fmax=fmax, workers=workers,
+        )  # fmt: skip
     progress = structures_progress("predict")
-    with user_errors(), progress:
-        bar = progress.add_task("predict", total=n)
+    with user_errors(), missing_extra(), progress:
+        total = candidates or n
+        bar = progress.add_task("predict", total=total)
         result = predict(
             formula, n, weights=weights, out=out, fmt=fmt, method=sampler, steps=steps,
             seed=seed, device=device, formula_units=formula_units, batch_atoms=batch_atoms,
-            relax=relax, on_batch=lambda done, total: progress.update(bar, completed=done),
-            grid=grid, threads=threads,
+            on_batch=lambda done, total: progress.update(bar, completed=done),
+            grid=grid, threads=threads, search=search,
+            on_stage=lambda name: progress.update(bar, description=name),
         )  # fmt: skip
     if result.notice:
         err_console.print(result.notice)
+    if result.search is not None:
+        print_search(result, formula, n, out)
+        return
     table = Table(title=f"{len(result.structures)} candidates for {formula}")
     for column in ("#", "formula", "volume (Å³)", "density (g/cm³)", "file"):
         table.add_column(column)
@@ -67,7 +123,30 @@ def predict_command(
             f"{structure.density:.2f}", str(path),
         )  # fmt: skip
     console.print(table)
-    if result.ranking is not None:
-        from kldm_cli.cli.relax import print_ranking
 
-        print_ranking(result.ranking)
+
+def print_search(result: PredictResult, formula: str, n: int, out: Path) -> None:
+    """The ranked structures of a search as a table, and what happened to the candidates."""
+    search = result.search
+    table = Table(
+        title=f"Best {min(n, len(search.ranking))} of {len(search.candidates)} "
+        f"candidates for {formula}, relaxed with CHGNet (lowest energy first)"
+    )
+    columns = ["rank", "sample", "space group", "E (eV/atom)", "E − E₁ (eV/atom)", "steps",
+               "converged", "file"]  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("space group", "file") else "right")
+    for entry, path in zip(search.ranking, result.ranked_files, strict=False):
+        table.add_row(
+            str(entry.rank), str(entry.sample_index), entry.spacegroup or "?",
+            f"{entry.energy_per_atom:.4f}", f"{entry.energy_above_best:+.4f}",
+            str(entry.relax_steps), "yes" if entry.converged else "no", path.name,
+        )  # fmt: skip
+    console.print(table)
+    counts = ", ".join(f"{count} {status}" for status, count in search.counts().items())
+    timing = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in search.timing_s.items())
+    console.print(f"Candidates: {counts}. Time: {timing}.", highlight=False)
+    console.print(
+        f"Summary {result.summary}; unrelaxed candidates in {Path(out) / 'candidates'}.",
+        highlight=False,
+    )

@@ -91,5 +91,7 @@ def missing_extra() -> Iterator[None]:
     try:
         yield
     except ImportError as error:
-        err_console.print(f"[bold red]Error:[/] {error}", highlight=False)
+        from rich.markup import escape
+
+        err_console.print(f"[bold red]Error:[/] {escape(str(error))}", highlight=False)
         raise typer.Exit(code=1) from None

@@ -77,6 +77,11 @@ def train_command(
     max_atoms: int | None = typer.Option(
         None, "--max-atoms", min=1, help="Leave out training crystals with more atoms."
     ),
+    init_from: Path | None = typer.Option(
+        None,
+        "--init-from",
+        help="Model folder to fine-tune: its weights, network size and elements are kept.",
+    ),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
 ) -> None:
     """Train a KLDM model; the output folder is a model folder for [bold]--weights[/].
@@ -97,7 +102,7 @@ def train_command(
         precision=precision,
         checkpoint_every=checkpoint_every, log_every=log_every, val_every=val_every,
         val_subset=val_subset, val_steps=val_steps, val_sampler=val_sampler,
-        val_workers=val_workers, plot=plot, max_atoms=max_atoms,
+        val_workers=val_workers, plot=plot, max_atoms=max_atoms, init_from=init_from,
     )  # fmt: skip
     trainer: Trainer | None = None
     try:
@@ -172,8 +177,11 @@ def _print_start(trainer: Trainer, preset: str) -> None:
     console.print(
         f"{len(trainer.records)} training structures ({trainer.skipped} skipped), "
         f"{len(trainer.config.elements)} elements, task {trainer.config.task}, "
-        f"preset {preset}, {trainer.device} {options.precision}{launch}."
+        f"preset {trainer.config.provenance.get('preset', preset)}, {trainer.device} "
+        f"{options.precision}{launch}."
     )
+    if options.init_from is not None and not trainer.resumed:
+        console.print(f"Fine-tuning from {options.init_from}.")
     if trainer.val_records and options.val_every:
         console.print(
             f"Validation every {options.val_every} epoch(s) on {len(trainer.val_records)} "

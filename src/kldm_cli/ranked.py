@@ -1,0 +1,221 @@
+"""The ranked search inside ``kldm evaluate csp --rank``: top-1/3/5 of the ranked candidates.
+
+For every test composition the ``k`` sampled candidates go through
+:func:`kldm_cli.search.search_structures`; the ranked (relaxed) structures and the raw (unrelaxed)
+candidates are then matched against the test structure with the CSP benchmark's
+``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)``. Per target the record keeps:
+
+- ``raw_first``: RMSE of the first raw candidate if it matches (MR@1 of the sampler alone);
+- ``raw_best``: smallest RMSE over all ``k`` raw candidates (MR@k);
+- ``ranked_match_rank``: the first rank (1-based) of the ranked list that matches, and
+  ``ranked_rmse`` per rank, so top-n is ``ranked_match_rank <= n``.
+
+The search of each finished composition is appended to ``RECORD.json.search.jsonl`` (flushed), so
+an interrupted evaluation goes on where it stopped; the file is deleted with the record written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from pymatgen.core import Structure
+
+from kldm_cli.search import SearchSettings, search_structures
+
+SUFFIX = ".search.jsonl"
+#: Ranks reported as top-n.
+TOP_N = (1, 3, 5)
+
+
+def search_log_path(out: str | Path) -> Path:
+    out = Path(out).expanduser()
+    return out.with_name(out.name + SUFFIX)
+
+
+def _read_log(path: Path, settings: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Finished compositions of an earlier run with the same settings (torn lines ignored)."""
+    done: dict[int, dict[str, Any]] = {}
+    if not path.exists():
+        return done
+    lines = path.read_text().splitlines()
+    try:
+        header = json.loads(lines[0])
+    except (IndexError, json.JSONDecodeError):
+        return done
+    if header.get("settings") != settings:
+        raise ValueError(
+            f"{path} holds a ranked search made with other settings ({header.get('settings')}); "
+            "delete it or use another --out"
+        )
+    for line in lines[1:]:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        done[int(entry["target"])] = entry
+    return done
+
+
+def _append(path: Path, entry: dict[str, Any]) -> None:
+    with open(path, "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _search_entry(target: int, result: Any, keep: int) -> dict[str, Any]:
+    """What the record and the resume log keep of one composition's search."""
+    return {
+        "target": target,
+        "ranked": [
+            {
+                "sample_index": entry.sample_index,
+                "energy_per_atom": entry.energy_per_atom,
+                "relax_steps": entry.relax_steps,
+                "converged": entry.converged,
+                "spacegroup": entry.spacegroup,
+                "cif": entry.structure.to(fmt="cif"),
+            }
+            for entry in result.ranking[:keep]
+        ],
+        "counts": result.counts(),
+        "timing_s": result.timing_s,
+    }
+
+
+def run_searches(
+    candidates: Sequence[Sequence[Structure | None]],
+    settings: SearchSettings,
+    *,
+    out: str | Path | None = None,
+    device: str = "cpu",
+    model: Any = None,
+    report: Callable[[str], None] = lambda message: None,
+) -> list[dict[str, Any]]:
+    """One :func:`~kldm_cli.search.search_structures` per composition (resumable with ``out``)."""
+    from kldm_cli.relax import load_chgnet
+
+    log_settings = {**asdict(settings), "num_targets": len(candidates)}
+    path = search_log_path(out) if out is not None else None
+    done = _read_log(path, log_settings) if path is not None else {}
+    if path is not None and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _append(path, {"settings": log_settings})
+    if done:
+        report(f"resuming: {len(done)} ranked searches already done in {path}")
+    model = model or load_chgnet(device)
+    entries = []
+    started = time.perf_counter()
+    searched = 0
+    for target, proposals in enumerate(candidates):
+        if target in done:
+            entries.append(done[target])
+            continue
+        result = search_structures(list(proposals), settings, model=model, device=device)
+        entry = _search_entry(target, result, max(TOP_N))
+        if path is not None:
+            _append(path, entry)
+        entries.append(entry)
+        searched += 1
+        elapsed = time.perf_counter() - started
+        left = elapsed / searched * (len(candidates) - target - 1)
+        report(
+            f"ranked {target + 1}/{len(candidates)} compositions in {elapsed:.0f} s "
+            f"(about {left:.0f} s left)"
+        )
+    return entries
+
+
+def ranked_structures(entry: dict[str, Any]) -> list[Structure]:
+    return [Structure.from_str(item["cif"], fmt="cif") for item in entry["ranked"]]
+
+
+def score_searches(
+    candidates: Sequence[Sequence[Structure | None]],
+    targets: Sequence[Structure],
+    entries: Sequence[dict[str, Any]],
+    *,
+    workers: int = 2,
+    timeout: float | None = 30.0,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Match raw and ranked structures against the targets: (metrics, per-target entries)."""
+    from kldm_cli.metrics._parallel import run_tasks
+    from kldm_cli.metrics.csp import CSP_MATCHER_SETTINGS, rms_distance
+    from kldm_cli.metrics.validity import structural_validity
+
+    pairs: list[tuple[int, str, int, Structure]] = []
+    for i, (proposals, entry) in enumerate(zip(candidates, entries, strict=True)):
+        pairs += [(i, "raw", j, c) for j, c in enumerate(proposals) if c is not None]
+        pairs += [(i, "ranked", r, s) for r, s in enumerate(ranked_structures(entry))]
+    pairs = [p for p in pairs if structural_validity(p[3])]
+    outcomes = run_tasks(
+        rms_distance,
+        [(structure, targets[i], dict(CSP_MATCHER_SETTINGS)) for i, _, _, structure in pairs],
+        workers=workers,
+        timeout=timeout,
+    )
+    rms: dict[tuple[int, str, int], float | None] = {}
+    for (i, kind, j, _), outcome in zip(pairs, outcomes, strict=True):
+        rms[(i, kind, j)] = outcome.value if outcome.status == "ok" else None
+    per_target = []
+    for i, entry in enumerate(entries):
+        raw = [rms.get((i, "raw", j)) for j in range(len(candidates[i]))]
+        ranked = [rms.get((i, "ranked", r)) for r in range(len(entry["ranked"]))]
+        first = next((r + 1 for r, value in enumerate(ranked) if value is not None), None)
+        matched_raw = [value for value in raw if value is not None]
+        per_target.append(
+            {
+                "raw_first_rmse": raw[0] if raw else None,
+                "raw_best_rmse": min(matched_raw) if matched_raw else None,
+                "ranked_match_rank": first,
+                "ranked_rmse": ranked,
+                **{key: entry[key] for key in ("counts", "timing_s")},
+                "ranked": [
+                    {k: v for k, v in item.items() if k != "cif"} for item in entry["ranked"]
+                ],
+            }
+        )
+    return ranked_metrics(per_target), per_target
+
+
+def _without_cif(item: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in item.items() if key != "cif"}
+
+
+def _rate_and_rmse(values: Sequence[float | None]) -> dict[str, Any]:
+    matched = [v for v in values if v is not None]
+    return {
+        "match_rate": len(matched) / len(values) if values else 0.0,
+        "num_matched": len(matched),
+        "rmse": sum(matched) / len(matched) if matched else None,
+    }
+
+
+def ranked_metrics(per_target: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Raw MR@1 / MR@k and ranked top-n (match rate, matched count, RMSE) over targets."""
+    metrics: dict[str, Any] = {
+        "num_targets": len(per_target),
+        "raw_mr_at_1": _rate_and_rmse([t["raw_first_rmse"] for t in per_target]),
+        "raw_mr_at_k": _rate_and_rmse([t["raw_best_rmse"] for t in per_target]),
+    }
+    for n in TOP_N:
+        values = []
+        for t in per_target:
+            rank = t["ranked_match_rank"]
+            hits = [v for v in t["ranked_rmse"][:n] if v is not None]
+            values.append(min(hits) if rank is not None and rank <= n and hits else None)
+        metrics[f"ranked_top_{n}"] = _rate_and_rmse(values)
+    stages: dict[str, float] = {}
+    for t in per_target:
+        for name, seconds in t["timing_s"].items():
+            stages[name] = stages.get(name, 0.0) + seconds
+    metrics["search_seconds_per_composition"] = (
+        {name: total / len(per_target) for name, total in stages.items()} if per_target else {}
+    )
+    return metrics
