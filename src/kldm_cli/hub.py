@@ -823,7 +823,10 @@ def push_model_folder(
                 parent_commit=head,
             )
         except Exception as err:
-            raise _failed_commit(api, repo_id, branch, head, created, err) from err
+            failure = _failed_commit(api, repo_id, branch, head, created, err)
+            if failure is None:
+                raise
+            raise failure from err
     commit = str(info.oid)
     return PushResult(
         repo_id=repo_id,
@@ -864,12 +867,15 @@ def _prepare_branch(api: Any, repo_id: str, branch: str, private: bool) -> tuple
 
 def _failed_commit(
     api: Any, repo_id: str, branch: str, head: str, created: bool, err: BaseException
-) -> BaseException:
-    """The error for a commit that failed, saying what the branch holds now."""
+) -> HubPushError | None:
+    """The error for a commit that failed, saying what the branch holds now (``None``: the
+    error is not the Hub's and is raised as it is)."""
     label = _hf_label(repo_id, None)
     reason = _push_reason(err, api.endpoint, label)
     if reason is None:
-        return err
+        return None
+    status = getattr(getattr(err, "response", None), "status_code", 0)
+    transient = _is_connection_error(err) or status >= 500
     commits_url = f"{api.endpoint}/{repo_id}/commits/{branch}"
     try:
         now = str(api.repo_info(repo_id, revision=branch, timeout=HUB_TIMEOUT_S).sha)
@@ -879,7 +885,8 @@ def _failed_commit(
         state = f"nothing was committed: branch {branch} is unchanged at {head[:12]}"
         if created:
             state += f" (the empty repository {repo_id} created by this push is left in place)"
-        state += "; run the same command again"
+        if transient:
+            state += "; run the same command again"
     elif now is None:
         state = f"the upload may be incomplete and the Hub could not be asked; see {commits_url}"
     else:

@@ -213,6 +213,9 @@ def test_no_write_access(hub_user: FakeHub, tmp_path: Path, make_model_folder) -
     with pytest.raises(HubPushError, match=r"403.*nothing was committed: branch main is unch"):
         push_model_folder(run, "hf://bob/existing")
     assert hub_user.repos["bob/existing"].sha == theirs and hub_user.commits == []
+    with pytest.raises(HubPushError) as info:
+        push_model_folder(run, "hf://bob/existing")
+    assert "run the same command again" not in str(info.value)  # retrying cannot help
 
 
 def test_invalid_token(hub_user: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -246,6 +249,7 @@ def test_failed_commit_is_reported_with_what_the_hub_holds(
     message = str(info.value)
     assert f"nothing was committed: branch main is unchanged at {repo.sha[:12]}" in message
     assert "the empty repository alice/half created by this push is left in place" in message
+    assert message.endswith("; run the same command again")
     assert "\n" not in message
 
 
