@@ -11,10 +11,12 @@ path, ``hf://OWNER/REPO[@REVISION]`` (downloaded into the standard Hugging Face 
 of a release in :data:`RELEASES` (a Hub repository pinned at a revision, with an offline copy
 bundled in ``weights/<name>/``). :func:`read_model_folder` reads a folder with checks that name
 the offending file, and :func:`load_state_dict_strict` refuses any partial load.
+:func:`push_model_folder` is the way back: it checks a model folder and uploads it to a Hub
+repository in one commit, whose hash pins the ``hf://`` reference it returns.
 
 The Hub's environment variables (``HF_HOME``, ``HF_HUB_CACHE``, ``HF_ENDPOINT``,
-``HF_HUB_OFFLINE``) are read each time a function here runs, not when ``huggingface_hub`` is
-imported, and passed to it explicitly.
+``HF_HUB_OFFLINE``, ``HF_TOKEN``, ``HF_TOKEN_PATH``) are read each time a function here runs, not
+when ``huggingface_hub`` is imported, and passed to it explicitly.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import importlib.util
 import json
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,6 +64,10 @@ class ModelLoadError(ValueError):
 
 class HubUnreachableError(ModelLoadError):
     """The Hub could not be reached (no network, offline mode, time-out) and no copy was found."""
+
+
+class HubPushError(ValueError):
+    """An upload to the Hub was refused or failed; the message says what the Hub now holds."""
 
 
 @dataclass(frozen=True)
@@ -305,16 +313,38 @@ def hub_endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
 
 
+def hf_home() -> Path:
+    """``HF_HOME``, else ``$XDG_CACHE_HOME/huggingface``, else ``~/.cache/huggingface``."""
+    if os.environ.get("HF_HOME"):
+        return Path(os.path.expandvars(os.environ["HF_HOME"])).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return Path(xdg).expanduser() / "huggingface"
+
+
 def hub_cache_dir() -> Path:
     """The Hugging Face cache: ``HF_HUB_CACHE``, else ``$HF_HOME/hub``, else the default."""
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.path.expandvars(os.environ["HF_HUB_CACHE"])).expanduser()
-    if os.environ.get("HF_HOME"):
-        home = Path(os.path.expandvars(os.environ["HF_HOME"])).expanduser()
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-        home = Path(xdg).expanduser() / "huggingface"
-    return home / "hub"
+    return hf_home() / "hub"
+
+
+def hub_token() -> str | None:
+    """The user's Hub token: ``HF_TOKEN``, else the login cache (``hf auth login``), else None.
+
+    The same order as huggingface_hub's ``get_token``: ``HF_TOKEN`` (or the older
+    ``HUGGING_FACE_HUB_TOKEN``), then the file ``HF_TOKEN_PATH`` or ``$HF_HOME/token``.
+    """
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        value = (os.environ.get(name) or "").strip()
+        if value:
+            return value
+    token_path = os.environ.get("HF_TOKEN_PATH")
+    path = Path(os.path.expandvars(token_path)).expanduser() if token_path else hf_home() / "token"
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return value or None
 
 
 def hub_offline() -> bool:
@@ -627,3 +657,267 @@ def release_statuses() -> list[ReleaseStatus]:
             )
         )
     return statuses
+
+
+# ------------------------------------------------------------------------------ pushing
+#: Files of a training run that are never uploaded (resumable state, logs, plots, best/).
+_RUN_FILES_NOT_PUSHED = "checkpoint.safetensors, train_log.jsonl, training_curves.png, best/"
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What :func:`push_model_folder` did.
+
+    ``commit`` is the commit that holds the model folder (``unchanged``: the branch already held
+    these exact files, so no new commit was made); ``reference`` is ``hf://OWNER/REPO@commit``.
+    ``notices`` are one-line messages for the user (a card written, files left behind, ...).
+    """
+
+    repo_id: str
+    branch: str
+    commit: str
+    created: bool
+    unchanged: bool
+    url: str
+    notices: tuple[str, ...] = ()
+
+    @property
+    def reference(self) -> str:
+        return _hf_label(self.repo_id, self.commit)
+
+
+def check_model_folder(path: str | Path) -> KLDMConfig:
+    """Check that a model folder loads: ``config.json`` builds a model, ``model.safetensors``
+    fits it strictly (every tensor present, none extra, right shapes, all finite), and the card's
+    front matter, if there is a card, is readable YAML naming the same task.
+
+    Returns the config; raises :class:`ModelLoadError` naming the offending file.
+    """
+    import torch
+
+    from kldm_cli.model import KLDM
+
+    folder = Path(path)
+    config, state_dict = read_model_folder(folder)
+    weights = str(folder / WEIGHTS_NAME)
+    try:
+        model = KLDM(config)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ModelLoadError(f"{folder / CONFIG_NAME}: cannot build the model ({err})") from err
+    load_state_dict_strict(model.network, state_dict, weights)
+    not_finite = [
+        name
+        for name, tensor in state_dict.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if not_finite:
+        raise ModelLoadError(f"{weights}: NaN or infinite values in {', '.join(not_finite[:5])}")
+    card_task = read_card_metadata(folder).get("task")
+    if card_task is not None and card_task != config.task:
+        raise ModelLoadError(
+            f"{folder / CARD_NAME}: the card says task {card_task!r}, config.json {config.task!r}"
+        )
+    return config
+
+
+def write_missing_card(folder: str | Path, config: KLDMConfig) -> Path | None:
+    """Write ``README.md`` from the run's metadata when the folder has none; returns its path.
+
+    The card is :func:`kldm_cli.train.model_card` of ``config`` (task, data and its sha256 from
+    ``provenance``, network) and of the last step/epoch in ``train_log.jsonl`` if there is one.
+    Returns ``None`` (and writes nothing) when a card exists.
+    """
+    from kldm_cli.train import LOG_NAME, model_card, read_training_log
+
+    folder = Path(folder)
+    card_path = folder / CARD_NAME
+    if card_path.exists():
+        return None
+    summary: dict[str, Any] = {}
+    log = folder / LOG_NAME
+    records = read_training_log(log) if log.is_file() else []
+    if records:
+        summary = {"steps": records[-1]["step"], "epochs": records[-1].get("epoch", "?")}
+    card = model_card(config, summary)
+    try:
+        with _atomic_path(card_path) as tmp:
+            tmp.write_text(card, encoding="utf-8")
+    except OSError as err:
+        raise ModelLoadError(f"{card_path}: missing, and it cannot be written ({err})") from err
+    return card_path
+
+
+def push_model_folder(
+    folder: str | Path,
+    destination: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    message: str | None = None,
+) -> PushResult:
+    """Check a model folder and upload it to ``destination`` (``hf://OWNER/REPO``) in one commit.
+
+    In order: the folder is checked (:func:`check_model_folder`; a missing card is written, see
+    :func:`write_missing_card`), nothing is sent when that fails; the token is looked up
+    (:func:`hub_token`); the repository is created if it does not exist (``private`` applies
+    only then) and the branch ``revision`` (default ``main``) too; a copy of the three model
+    files, checked again, is committed with huggingface_hub's ``create_commit`` on top of the
+    branch head seen before. Only ``model.safetensors``, ``config.json`` and ``README.md`` are
+    uploaded, never checkpoints, optimizer state or logs.
+
+    A commit is atomic on the Hub: when the upload fails, the error says whether the branch is
+    unchanged (nothing committed) or could not be checked. Raises :class:`HubPushError`.
+    """
+    repo_id, pinned = parse_hf_spec(destination)
+    if pinned is not None:
+        raise ValueError(
+            f"{destination}: push to hf://{repo_id} (a branch goes in --revision); the commit "
+            "to pin is printed after the upload"
+        )
+    if revision is not None and (not revision.strip() or _COMMIT_HASH.match(revision)):
+        raise ValueError(f"--revision {revision!r}: give a branch name to commit to")
+    source = Path(folder)
+    config = check_model_folder(source)
+    notices = []
+    if (card := write_missing_card(source, config)) is not None:
+        notices.append(f"{card}: was missing; written from config.json and the training log")
+        check_model_folder(source)
+    left_behind = sorted(
+        entry.name + ("/" if entry.is_dir() else "")
+        for entry in source.iterdir()
+        if entry.name not in MODEL_FILES and not entry.name.startswith(".")
+    )
+    if left_behind:
+        notices.append(f"not uploaded (not part of a model folder): {', '.join(left_behind)}")
+
+    token = hub_token()
+    if token is None:
+        raise HubPushError(
+            f"{_hf_label(repo_id, None)}: no Hugging Face token; set HF_TOKEN or run "
+            "`hf auth login` with a token that has write access (nothing was uploaded)"
+        )
+    if hub_offline():
+        raise HubPushError("HF_HUB_OFFLINE is set, so nothing was uploaded; unset it to push")
+
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    endpoint = hub_endpoint()
+    api = HfApi(endpoint=endpoint, token=token)
+    branch = revision or "main"
+    with tempfile.TemporaryDirectory(prefix="kldm-push-") as tmp:
+        staged = Path(tmp)
+        for name in MODEL_FILES:  # upload exactly the bytes that were checked
+            shutil.copyfile(source / name, staged / name)
+        check_model_folder(staged)
+        head, created, is_private = _prepare_branch(api, repo_id, branch, private)
+        if private and not created and not is_private:
+            notices.append(f"{repo_id} already exists and is public: --private applies only to new")
+        operations = [CommitOperationAdd(name, str(staged / name)) for name in MODEL_FILES]
+        summary = message or f"Upload kldm {config.task.upper()} model with `kldm weights push`"
+        try:
+            info = api.create_commit(
+                repo_id,
+                operations,
+                commit_message=summary,
+                revision=branch,
+                parent_commit=head,
+            )
+        except Exception as err:
+            failure = _failed_commit(api, repo_id, branch, head, created, err)
+            if failure is None:
+                raise
+            raise failure from err
+    commit = str(info.oid)
+    return PushResult(
+        repo_id=repo_id,
+        branch=branch,
+        commit=commit,
+        created=created,
+        unchanged=commit == head,
+        url=f"{endpoint}/{repo_id}/tree/{commit}",
+        notices=tuple(notices),
+    )
+
+
+def _prepare_branch(api: Any, repo_id: str, branch: str, private: bool) -> tuple[str, bool, bool]:
+    """Make sure ``repo_id`` and its ``branch`` exist; ``(branch head, created, private)``."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    label = _hf_label(repo_id, None)
+    created = False
+    try:
+        try:
+            info = api.repo_info(repo_id, revision=branch, timeout=HUB_TIMEOUT_S)
+        except RevisionNotFoundError:
+            api.create_branch(repo_id, branch=branch, exist_ok=True)
+            info = api.repo_info(repo_id, revision=branch, timeout=HUB_TIMEOUT_S)
+        except RepositoryNotFoundError:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            created = True
+            if branch != "main":
+                api.create_branch(repo_id, branch=branch, exist_ok=True)
+            info = api.repo_info(repo_id, revision=branch, timeout=HUB_TIMEOUT_S)
+    except Exception as err:
+        reason = _push_reason(err, api.endpoint, label)
+        if reason is None:
+            raise
+        raise HubPushError(f"{reason}; nothing was uploaded") from err
+    return str(info.sha), created, bool(info.private)
+
+
+def _failed_commit(
+    api: Any, repo_id: str, branch: str, head: str, created: bool, err: BaseException
+) -> HubPushError | None:
+    """The error for a commit that failed, saying what the branch holds now (``None``: the
+    error is not the Hub's and is raised as it is)."""
+    label = _hf_label(repo_id, None)
+    reason = _push_reason(err, api.endpoint, label)
+    if reason is None:
+        return None
+    status = getattr(getattr(err, "response", None), "status_code", 0)
+    transient = _is_connection_error(err) or status >= 500
+    commits_url = f"{api.endpoint}/{repo_id}/commits/{branch}"
+    try:
+        now = str(api.repo_info(repo_id, revision=branch, timeout=HUB_TIMEOUT_S).sha)
+    except Exception:
+        now = None
+    if now == head:
+        state = f"nothing was committed: branch {branch} is unchanged at {head[:12]}"
+        if created:
+            state += f" (the empty repository {repo_id} created by this push is left in place)"
+        if transient:
+            state += "; run the same command again"
+    elif now is None:
+        state = f"the upload may be incomplete and the Hub could not be asked; see {commits_url}"
+    else:
+        state = (
+            f"branch {branch} moved from {head[:12]} to {now[:12]} meanwhile; see {commits_url} "
+            "before pushing again"
+        )
+    return HubPushError(f"upload failed: {reason}; {state}")
+
+
+def _push_reason(err: BaseException, endpoint: str, label: str) -> str | None:
+    """A one-line reason for a failed Hub call, or ``None`` for an error that is not the Hub's."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if _is_connection_error(err):
+        return f"cannot reach the Hub at {endpoint} ({_short(err)})"
+    if not isinstance(err, HfHubHTTPError):
+        return None
+    status = getattr(err.response, "status_code", 0)
+    if status == 401:
+        return (
+            f"the Hub at {endpoint} rejected the token (401 Unauthorized); set a valid HF_TOKEN "
+            "or run `hf auth login`"
+        )
+    if status == 403:
+        return (
+            f"{label}: this token may not write there (403 Forbidden); push to your own "
+            "namespace, ask the owner for write access, or use a token with write permission"
+        )
+    if status == 412:
+        return f"{label}: the branch changed while uploading (412 Precondition Failed)"
+    if status >= 500:
+        return f"the Hub at {endpoint} failed ({status}: {_short(err)})"
+    return f"{label}: the Hub at {endpoint} answered {_short(err)}"

@@ -34,8 +34,11 @@ def tiny_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(autouse=True)
 def hf_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """HF_HOME in tmp_path; no offline flag, endpoint or cache override from the outside."""
-    for name in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT"):
+    """HF_HOME in tmp_path; no offline flag, endpoint, cache or token from the outside."""
+    for name in (
+        "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT",
+        "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH",
+    ):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     # huggingface_hub's once-per-process telemetry call goes to the endpoint read at import time
     # (the real Hub): keep tests off the network.

@@ -1,6 +1,8 @@
-"""``kldm weights``: list the published models and download them into the Hugging Face cache."""
+"""``kldm weights``: list the published models, download them, push your own to the Hub."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 from rich.table import Table
@@ -8,7 +10,8 @@ from rich.table import Table
 from kldm_cli.cli.common import console, err_console, user_errors
 
 app = typer.Typer(
-    help="Published models: list them, download them for offline use.", no_args_is_help=True
+    help="Published models: list them, download them for offline use, push your own.",
+    no_args_is_help=True,
 )
 
 
@@ -79,3 +82,44 @@ def download_command(
     console.print(f"{name}: {verb} at {resolved.path}", highlight=False)
     if resolved.notice:
         err_console.print(resolved.notice, highlight=False)
+
+
+@app.command("push")
+def push_command(
+    folder: Path = typer.Argument(
+        ..., help="Model folder (what `kldm train --out` wrote).", show_default=False
+    ),
+    destination: str = typer.Argument(
+        ..., help="Hub repository, hf://OWNER/REPO (created if it does not exist)."
+    ),
+    private: bool = typer.Option(
+        False, "--private", help="Create the repository private (a new repository only)."
+    ),
+    revision: str | None = typer.Option(
+        None,
+        "--revision",
+        help="Branch to commit to, created from main if missing (default: main).",
+    ),
+    message: str | None = typer.Option(None, "--message", "-m", help="Commit message."),
+) -> None:
+    """Upload a trained model folder to the Hugging Face Hub and print its pinned reference.
+
+    The folder is checked first (config.json and model.safetensors must load strictly; a missing
+    README.md card is written from the run's metadata). Only model.safetensors, config.json and
+    README.md are uploaded, in one commit; checkpoints, optimizer state and logs stay local.
+    Needs a token with write access: HF_TOKEN, or `hf auth login`. The printed
+    hf://OWNER/REPO@COMMIT works with --weights everywhere.
+    """
+    from kldm_cli.hub import push_model_folder
+
+    with user_errors():
+        result = push_model_folder(
+            folder, destination, private=private, revision=revision, message=message
+        )
+    for notice in result.notices:
+        err_console.print(notice, highlight=False)
+    if result.created:
+        err_console.print(f"created hf://{result.repo_id}", highlight=False)
+    what = "already held these files" if result.unchanged else "committed"
+    err_console.print(f"{result.branch}: {what} at {result.url}", highlight=False)
+    console.print(result.reference, highlight=False, soft_wrap=True)
