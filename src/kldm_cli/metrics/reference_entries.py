@@ -79,7 +79,15 @@ class ReferenceEntries:
 
     @property
     def structures(self) -> list[Structure]:
-        return [entry.structure for entry in self.entries]
+        """The entries' structures without oxidation states (samples carry none)."""
+        structures = []
+        for entry in self.entries:
+            structure = entry.structure
+            if any(hasattr(sp, "oxi_state") for sp in structure.composition):
+                structure = structure.copy()
+                structure.remove_oxidation_states()
+            structures.append(structure)
+        return structures
 
     def info(self) -> dict[str, Any]:
         """What the record says about the reference."""
