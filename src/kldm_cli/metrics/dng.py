@@ -105,11 +105,14 @@ def matches_any(
 def _substitutes(first: Any, second: Any) -> bool:
     """True if two elements can substitute for each other (MatterGen's rule: atomic radii within
     30 % of their mean, Pauling electronegativities within 1.0)."""
+    with warnings.catch_warnings():  # noble gases: no Pauling electronegativity (NaN)
+        warnings.simplefilter("ignore", UserWarning)
+        x_1, x_2 = float(first.X), float(second.X)
     radius_1, radius_2 = first.atomic_radius, second.atomic_radius
-    if radius_1 is None or radius_2 is None or first.X != first.X or second.X != second.X:
+    if radius_1 is None or radius_2 is None or x_1 != x_1 or x_2 != x_2:
         return False  # no radius or electronegativity (NaN): never merged
     mean = (float(radius_1) + float(radius_2)) / 2
-    return abs(float(radius_1) - float(radius_2)) <= 0.3 * mean and abs(first.X - second.X) <= 1.0
+    return abs(float(radius_1) - float(radius_2)) <= 0.3 * mean and abs(x_1 - x_2) <= 1.0
 
 
 def disordered_version(structure: Structure) -> Structure | None:
