@@ -16,7 +16,8 @@ measured samples.
 Merging is exact: a sample's E_hull depends only on its own relaxation and on the reference
 structures of its own chemical system (:func:`kldm_cli.metrics.stability.energies_above_hull`),
 never on which other samples shared its chunk. S.U.N. is recomputed with the whole set's
-uniqueness flags (a chunk only sees duplicates inside itself).
+uniqueness flags (a chunk only sees duplicates inside itself) and the chunks' novelty against the
+known structures (``novel_vs_known``, per sample; records from before it use ``novel``).
 """
 
 from __future__ import annotations
@@ -77,11 +78,13 @@ def combine_dng_records(
     for entry in done:
         for field in STABILITY_FIELDS:
             entry[field] = measured[entry["material_id"]][field]
+        if "novel_vs_known" in measured[entry["material_id"]]:
+            entry["novel_vs_known"] = measured[entry["material_id"]]["novel_vs_known"]
     threshold = reference_part["metrics"].get("stability_threshold", STABILITY_THRESHOLD)
     result = stability_metrics(
         [entry["e_above_hull"] for entry in done],
         [entry["unique"] for entry in done],
-        [entry["novel"] for entry in done],
+        [entry.get("novel_vs_known", entry["novel"]) for entry in done],
         threshold=threshold,
     )
     for entry, stable, sun in zip(done, result.is_stable, result.is_sun, strict=True):
@@ -89,9 +92,18 @@ def combine_dng_records(
     metrics = {
         **{k: v for k, v in base["metrics"].items() if k not in _STABILITY_METRICS},
         "num_stability_samples": len(done),
+        "hull": reference_part["metrics"].get("hull"),
         "stable_rate": result.stable_rate,
         "sun_rate": result.sun_rate,
+        "novelty_vs_known": (
+            sum(entry["novel_vs_known"] for entry in done) / len(done)
+            if done and all("novel_vs_known" in entry for entry in done)
+            else None
+        ),
         "num_hull_unknown": result.num_unknown,
+        "below_hull_rate": result.below_hull_rate,
+        "far_below_hull_rate": result.far_below_hull_rate,
+        "no_hull_rate": result.no_hull_rate,
         "num_relax_failed": sum(
             entry["structurally_valid"] and entry["energy_per_atom"] is None for entry in done
         ),
@@ -140,9 +152,14 @@ def combine_dng_records(
 
 _STABILITY_METRICS = frozenset(
     {
+        "hull",
         "stable_rate",
         "sun_rate",
+        "novelty_vs_known",
         "num_hull_unknown",
+        "below_hull_rate",
+        "far_below_hull_rate",
+        "no_hull_rate",
         "num_relax_failed",
         "mean_e_above_hull",
         "stability_threshold",

@@ -377,6 +377,7 @@ def evaluate_dng(
     start: int = 0,
     stability: bool = True,
     hull_reference: Sequence[str | Path] | None = None,
+    reference_entries: str | Path | None = None,
     relax_steps: int = 500,
     reference_relax_steps: int = 0,
     elemental_crystals: bool = True,
@@ -399,8 +400,14 @@ def evaluate_dng(
     :func:`kldm_cli.combine.combine_dng_records`). With ``stability``, samples are relaxed with
     CHGNet (``relax_steps``, ``fmax``) and placed on a CHGNet hull of the reference structures
     (single-point, or ``reference_relax_steps`` of relaxation), with ASE's crystal of each
-    sample element added as an elemental reference when ``elemental_crystals`` is set. CHGNet
-    runs on ``threads`` CPU threads (default: one per physical core).
+    sample element added as an elemental reference when ``elemental_crystals`` is set: the
+    *proxy hull*, named so in the record. With ``reference_entries`` (a JSON of
+    ``ComputedStructureEntry`` objects or a CSV with energies, see
+    :mod:`kldm_cli.metrics.reference_entries`) the hull is built from those entries instead
+    (MP2020-corrected, samples too) and S.U.N. novelty is checked against their structures.
+    S.U.N. novelty (``novel_vs_known``) uses the disorder-aware matcher on the relaxed samples,
+    against the reference entries or else every structure of ``reference`` and
+    ``hull_reference``. CHGNet runs on ``threads`` CPU threads (default: one per physical core).
     """
     from kldm_cli.metrics import dng
     from kldm_cli.metrics.validity import compositional_validity, structural_validity
@@ -416,6 +423,14 @@ def evaluate_dng(
         from kldm_cli.relax import chgnet_device
 
         chgnet_device(device)  # a bad --device fails before minutes of coverage work
+    if reference_entries is not None and not stability:
+        raise ValueError("reference entries are for stability and S.U.N.; drop --no-stability")
+    entries = None
+    if reference_entries is not None:  # a bad file fails before minutes of coverage work
+        from kldm_cli.metrics.reference_entries import load_reference_entries
+
+        (progress or (lambda message: None))(f"reading reference entries {reference_entries}")
+        entries = load_reference_entries(reference_entries)
     if stability or threads is not None:
         threads = set_threads(threads)
     report = progress or (lambda message: None)
@@ -503,10 +518,12 @@ def evaluate_dng(
     ]
 
     hull_info: dict[str, Any] | None = None
+    inputs_reference = _dataset_info(reference, reference_set, len(reference_structures))
     if stability:
         hull_info = _stability(
-            structures, struct_valid, unique.is_unique, novel.is_novel, per_sample, metrics,
+            structures, struct_valid, unique.is_unique, per_sample, metrics,
             reference_structures if hull_reference is None else None, hull_reference,
+            reference_structures, inputs_reference, entries, workers=workers, timeout=timeout,
             relax_steps=relax_steps, reference_relax_steps=reference_relax_steps,
             elemental_crystals=elemental_crystals, fmax=fmax, device=device, report=report,
         )  # fmt: skip
@@ -514,7 +531,7 @@ def evaluate_dng(
 
     inputs: dict[str, Any] = {
         "samples": _dataset_info(samples, sample_set, n),
-        "reference": _dataset_info(reference, reference_set, len(reference_structures)),
+        "reference": inputs_reference,
         "test": _dataset_info(test or reference, test_set, len(test_structures)),
     }
     if hull_info is not None:
@@ -535,6 +552,7 @@ def evaluate_dng(
             "workers": workers,
             "timeout_s": timeout,
             "stability": stability,
+            "stability_definition": "E_hull <= 0.1 eV/atom" if stability else None,
             "relax_steps": relax_steps if stability else None,
             "reference_relax_steps": reference_relax_steps if stability else None,
             "elemental_crystals": elemental_crystals if stability else None,
@@ -557,12 +575,16 @@ def _stability(
     structures: list[Structure],
     struct_valid: list[bool],
     is_unique: list[bool],
-    is_novel: list[bool],
     per_sample: list[dict[str, Any]],
     metrics: dict[str, Any],
     hull_structures: list[Structure] | None,
     hull_paths: Sequence[str | Path] | None,
+    reference_structures: list[Structure],
+    reference_info: dict[str, Any],
+    entries: Any,
     *,
+    workers: int,
+    timeout: float | None,
     relax_steps: int,
     reference_relax_steps: int,
     elemental_crystals: bool,
@@ -570,26 +592,43 @@ def _stability(
     device: str,
     report: Progress,
 ) -> dict[str, Any]:
-    """Relax the structurally valid samples, build the CHGNet hull, fill in E_hull / stable /
-    S.U.N. (in ``per_sample`` and ``metrics``). Returns what the hull was built from."""
+    """Relax the structurally valid samples, place them on the hull (``entries``, else the
+    proxy hull of the hull files), fill in E_hull / stable / S.U.N. (in ``per_sample`` and
+    ``metrics``). Returns what the hull was built from."""
+    from kldm_cli.metrics import dng
     from kldm_cli.metrics.stability import (
         STABILITY_THRESHOLD,
         build_hull_reference,
         energies_above_hull,
+        proxy_hull_name,
         stability_metrics,
     )
     from kldm_cli.relax import load_chgnet, relax_structures
 
     model = load_chgnet(device)
     hull_info: dict[str, Any] = {"files": []}
-    if hull_structures is None:
+    known = list(reference_structures)  # S.U.N. novelty: every structure given
+    known_hashes = {reference_info["sha256"]}
+    if entries is not None:
+        hull_info.update(kind="reference entries", files=[entries.info()])
+        hull_info["name"] = (
+            f"reference entries: {len(entries.entries):,} of {Path(entries.path).name}"
+        )
+        known = entries.structures
+    elif hull_structures is None:
         hull_structures = []
         for path in hull_paths or []:
             dataset = _load(path, niggli=True, use_cache=True)
-            hull_structures.extend(r.to_structure() for r in dataset.records)
+            file_structures = [r.to_structure() for r in dataset.records]
+            hull_structures.extend(file_structures)
             hull_info["files"].append(_dataset_info(path, dataset, len(dataset.records)))
+            if dataset.content_hash not in known_hashes:
+                known_hashes.add(dataset.content_hash)
+                known.extend(file_structures)
     else:
         hull_info["files"].append("reference")
+    if entries is None:
+        hull_info.update(kind="proxy", name=proxy_hull_name(len(hull_structures)))
 
     to_relax = [i for i, ok in enumerate(struct_valid) if ok]
     report(f"relaxing {len(to_relax)} structurally valid samples with CHGNet")
@@ -603,34 +642,65 @@ def _stability(
         if result.structure is not None:
             relaxed_structures[i] = result.structure
 
-    report("CHGNet energies of the reference structures for the convex hull")
-    hull = build_hull_reference(
-        [structures[i] for i in to_relax], hull_structures,
-        reference_relax_steps=reference_relax_steps, add_elemental_crystals=elemental_crystals,
-        fmax=fmax, device=device, model=model,
-    )  # fmt: skip
-    e_hull = energies_above_hull(relaxed_structures, energies, hull)
-    result = stability_metrics(e_hull, is_unique, is_novel, threshold=STABILITY_THRESHOLD)
+    if entries is not None:
+        from kldm_cli.metrics.reference_entries import (
+            EntriesHull,
+            energies_above_entries_hull,
+        )
+
+        report(f"placing the samples on the hull of {len(entries.entries)} reference entries")
+        e_hull = energies_above_entries_hull(relaxed_structures, energies, entries)
+        hull_info.update(
+            energy_kind="reference entries (MP2020 scale); samples: CHGNet + MP2020",
+            elements_with_reference=sorted(EntriesHull(entries.entries).elements),
+        )
+    else:
+        report("CHGNet energies of the reference structures for the proxy hull")
+        hull = build_hull_reference(
+            [structures[i] for i in to_relax], hull_structures,
+            reference_relax_steps=reference_relax_steps,
+            add_elemental_crystals=elemental_crystals, fmax=fmax, device=device, model=model,
+        )  # fmt: skip
+        e_hull = energies_above_hull(relaxed_structures, energies, hull)
+        hull_info.update(
+            num_structures_evaluated=len(hull.structures),
+            num_failed=hull.num_failed,
+            energy_kind=hull.energy_kind,
+            elements_with_reference=sorted(hull.elements_with_reference()),
+            elemental_crystals=hull.elemental_crystals,
+        )
+    report(f"novelty of the relaxed samples against {len(known)} known structures")
+    novel_known = dng.novelty(
+        relaxed_structures, known, workers=workers, timeout=timeout, disorder_aware=True
+    )
+    result = stability_metrics(
+        e_hull, is_unique, novel_known.is_novel, threshold=STABILITY_THRESHOLD
+    )
     for i, entry in enumerate(per_sample):
         entry["energy_per_atom"] = energies[i]
         entry["e_above_hull"] = e_hull[i]
+        entry["novel_vs_known"] = novel_known.is_novel[i]
         entry["stable"] = result.is_stable[i]
         entry["sun"] = result.is_sun[i]
     metrics.update(
+        hull=hull_info["name"],
         stable_rate=result.stable_rate,
         sun_rate=result.sun_rate,
+        novelty_vs_known=novel_known.rate,
         num_hull_unknown=result.num_unknown,
+        below_hull_rate=result.below_hull_rate,
+        far_below_hull_rate=result.far_below_hull_rate,
+        no_hull_rate=result.no_hull_rate,
         num_relax_failed=sum(r.energy_per_atom is None for r in relaxed),
         mean_e_above_hull=result.mean_e_above_hull,
         stability_threshold=result.threshold,
     )
-    hull_info.update(
-        num_structures_evaluated=len(hull.structures),
-        num_failed=hull.num_failed,
-        energy_kind=hull.energy_kind,
-        elements_with_reference=sorted(hull.elements_with_reference()),
-        elemental_crystals=hull.elemental_crystals,
-    )
+    hull_info["novelty"] = {
+        "num_known_structures": len(known),
+        "structures": "relaxed samples (as generated where not relaxed)",
+        "matcher": "disorder-aware (kldm_cli.metrics.dng.matches_any_disorder_aware), "
+        f"{dng.DNG_MATCHER_SETTINGS}",
+    }
     return hull_info
 
 

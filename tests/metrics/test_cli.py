@@ -169,3 +169,43 @@ def test_relax_and_evaluate_dng_check_the_device_first(
         assert message in " ".join(result.output.split())
         assert "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_dng_names_the_proxy_hull_and_takes_reference_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = {}
+
+    def fake_evaluate_dng(samples, reference, **options):
+        seen.update(options)
+        keys = ["structural_validity", "compositional_validity", "uniqueness", "novelty",
+                "cov_recall", "cov_precision", "wdist_density", "wdist_num_elements",
+                "stable_rate", "sun_rate", "below_hull_rate", "far_below_hull_rate"]  # fmt: skip
+        hull = "proxy hull: 12 structures of the bundled data files"
+        metrics = {"num_samples": 1, "num_hull_unknown": 0, "hull": hull,
+                   **dict.fromkeys(keys, 0.5)}  # fmt: skip
+        return {"metrics": metrics, "inputs": {}}
+
+    monkeypatch.setattr("kldm_cli.evaluate.evaluate_dng", fake_evaluate_dng)
+    args = ["evaluate", "dng", "--samples", str(tmp_path), "--reference", str(tmp_path)]
+    result = runner.invoke(app, [*args, "--reference-entries", str(tmp_path / "mp.json.gz")])
+    assert result.exit_code == 0, result.output
+    assert seen["reference_entries"] == tmp_path / "mp.json.gz"
+    output = " ".join(result.output.split())
+    assert "proxy hull: 12 structures of the bundled data files" in output
+    assert "below the hull by > 0.1 eV/atom" in output
+    assert "not comparable with the papers' numbers" in output
+
+
+def test_evaluate_dng_refuses_a_bad_entries_file_in_one_line(tmp_path: Path) -> None:
+    samples = write_cifs(tmp_path / "samples", [rocksalt_nacl()])
+    reference = write_csv(tmp_path / "train.csv", [rocksalt_nacl()])
+    entries = write_csv(tmp_path / "entries.csv", [rocksalt_nacl()])
+    result = runner.invoke(
+        app,
+        ["evaluate", "dng", "--samples", str(samples), "--reference", str(reference),
+         "--reference-entries", str(entries), "--workers", "0"],
+    )  # fmt: skip
+    assert result.exit_code != 0
+    assert "has no energy column" in " ".join(result.output.split())
+    assert "Traceback" not in result.output

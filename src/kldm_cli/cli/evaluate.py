@@ -47,12 +47,28 @@ def _warn_skipped(record: dict[str, Any]) -> None:
 
 
 def _stability_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
-    """Table rows of the stability metrics (``kldm evaluate dng`` and ``combine``)."""
+    """Table rows of the stability metrics (``kldm evaluate dng`` and ``combine``); records
+    from before the hull was named show "—" for what they lack."""
     return [
-        ("stable (E_hull < 0.1 eV/atom)", _percent(metrics["stable_rate"])),
+        ("stable (E_hull ≤ 0.1 eV/atom)", _percent(metrics["stable_rate"])),
         ("S.U.N.", _percent(metrics["sun_rate"])),
-        ("E_hull unknown", str(metrics["num_hull_unknown"])),
+        ("novel vs the known structures (S.U.N.)", _percent(metrics.get("novelty_vs_known"))),
+        ("below the hull", _percent(metrics.get("below_hull_rate"))),
+        ("below the hull by > 0.1 eV/atom", _percent(metrics.get("far_below_hull_rate"))),
+        ("no hull (E_hull unknown)", str(metrics["num_hull_unknown"])),
     ]
+
+
+def _print_hull(metrics: dict[str, Any]) -> None:
+    """Name the hull under the table; the proxy hull's numbers are not the papers' (DFT on a
+    full Materials Project hull)."""
+    console.print(f"Hull: {metrics.get('hull') or 'not named (an older record)'}", highlight=False)
+    if str(metrics.get("hull", "")).startswith("proxy hull"):
+        err_console.print(
+            "[yellow]stable and S.U.N. are measured on a proxy hull, not comparable with the "
+            "papers' numbers; pass --reference-entries with Materials Project entries for "
+            "those[/]"
+        )
 
 
 @app.command("csp")
@@ -198,7 +214,16 @@ def dng_command(
     hull_reference: list[Path] | None = typer.Option(
         None,
         "--hull-reference",
-        help="Build the convex hull from these files instead of --reference (repeatable).",
+        help="Build the proxy hull from these files instead of --reference (repeatable); "
+        "S.U.N. novelty is checked against them and --reference.",
+    ),  # fmt: skip
+    reference_entries: Path | None = typer.Option(
+        None,
+        "--reference-entries",
+        help="DFT reference for the hull and S.U.N. novelty instead of the proxy hull: JSON of "
+        "pymatgen ComputedStructureEntry objects (list, MP-API 'data' or matbench-discovery "
+        "'entry' shape) or CSV with cif and energy_per_atom / energy columns; .gz optional. "
+        "MP2020 corrections where entries carry run_type.",
     ),  # fmt: skip
     relax_steps: int = typer.Option(500, "--relax-steps", min=0, help="CHGNet steps per sample."),
     reference_relax_steps: int = typer.Option(
@@ -232,7 +257,8 @@ def dng_command(
     with user_errors(), missing_extra():
         record = evaluate_dng(
             samples, reference, test=test, limit=limit, start=start, stability=stability,
-            hull_reference=hull_reference or None, relax_steps=relax_steps,
+            hull_reference=hull_reference or None, reference_entries=reference_entries,
+            relax_steps=relax_steps,
             reference_relax_steps=reference_relax_steps, elemental_crystals=elemental_crystals,
             dataset_name=dataset_name, device=device, threads=threads,
             workers=workers, timeout=timeout, out=out, progress=_progress,
@@ -257,6 +283,8 @@ def dng_command(
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
+    if stability:
+        _print_hull(metrics)
     if out is not None:
         console.print(f"Record written to {out}")
 
@@ -342,6 +370,7 @@ def _print_combined_stability(record: dict, num_parts: int) -> None:
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
+    _print_hull(metrics)
 
 
 @app.command("compare")

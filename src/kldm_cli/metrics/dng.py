@@ -7,6 +7,13 @@
   Both use pymatgen's ``StructureMatcher`` with its default tolerances (ltol=0.2, stol=0.3,
   angle_tol=5), as FlowMM and MatterGen do, and only compare structures with the same reduced
   formula (the matcher never matches different ones).
+- **Disorder-aware novelty** (:func:`matches_any_disorder_aware`, the novelty that S.U.N. uses) —
+  as MatterGen defines it: a sample also matches a known structure when it is the same crystal up
+  to the ordering of elements that can substitute for each other (atomic radii within 30 % of
+  their mean and Pauling electronegativities within 1.0). Those elements' sites are merged into
+  disordered sites (each holding the elements in their proportions in the sample) and matched with
+  ``OrderDisorderElementComparator`` (``attempt_supercell=True``); a disordered reference
+  structure is compared with samples of the same fractional composition.
 - **Coverage** (CDVAE) — COV-R: the fraction of reference structures that have a sample within
   both cutoffs; COV-P: the fraction of samples within both cutoffs of some reference structure.
   Distances are Euclidean between fingerprints: the CrystalNN structure fingerprint (matminer
@@ -95,11 +102,81 @@ def matches_any(
     return any(_fits(matcher, structure, reference) for reference in references)
 
 
+def _substitutes(first: Any, second: Any) -> bool:
+    """True if two elements can substitute for each other (MatterGen's rule: atomic radii within
+    30 % of their mean, Pauling electronegativities within 1.0)."""
+    with warnings.catch_warnings():  # noble gases: no Pauling electronegativity (NaN)
+        warnings.simplefilter("ignore", UserWarning)
+        x_1, x_2 = float(first.X), float(second.X)
+    radius_1, radius_2 = first.atomic_radius, second.atomic_radius
+    if radius_1 is None or radius_2 is None or x_1 != x_1 or x_2 != x_2:
+        return False  # no radius or electronegativity (NaN): never merged
+    mean = (float(radius_1) + float(radius_2)) / 2
+    return abs(float(radius_1) - float(radius_2)) <= 0.3 * mean and abs(x_1 - x_2) <= 1.0
+
+
+def disordered_version(structure: Structure) -> Structure | None:
+    """``structure`` with the sites of mutually substitutable elements (connected groups) made
+    disordered sites holding each group's elements in their proportions; None if no two of its
+    elements substitute."""
+    elements = sorted(structure.composition.elements)
+    groups: list[set[Any]] = [{element} for element in elements]
+    for first, second in ((a, b) for i, a in enumerate(elements) for b in elements[i + 1 :]):
+        if _substitutes(first, second):
+            merged = [g for g in groups if first in g or second in g]
+            groups = [g for g in groups if g not in merged] + [set().union(*merged)]
+    groups = [g for g in groups if len(g) > 1]
+    if not groups:
+        return None
+    composition = structure.composition
+    occupancy = {}
+    for group in groups:
+        total = sum(composition[e] for e in group)
+        for element in group:
+            occupancy[element] = {e: composition[e] / total for e in group}
+    species = [occupancy.get(site.specie, {site.specie: 1.0}) for site in structure]
+    return Structure(structure.lattice, species, structure.frac_coords)
+
+
+def matches_any_disorder_aware(
+    structure: Structure, references: Sequence[Structure], settings: dict[str, float]
+) -> bool:
+    """True if ``structure`` (ordered) matches one of ``references``: an ordered reference of
+    its reduced formula with the ordered matcher, or — after :func:`disordered_version` — with
+    ``OrderDisorderElementComparator`` (``attempt_supercell=True``); a disordered reference of
+    its fractional composition with that comparator."""
+    from pymatgen.analysis.structure_matcher import OrderDisorderElementComparator
+
+    ordered = StructureMatcher(**settings)
+    disordered = StructureMatcher(
+        **settings, comparator=OrderDisorderElementComparator(), attempt_supercell=True
+    )  # a merged cell may reduce to a smaller primitive cell than the ordered one
+    merged = disordered_version(structure)
+    formula = structure.composition.reduced_formula
+    fraction = structure.composition.fractional_composition
+    for reference in references:
+        if reference.is_ordered:
+            if reference.composition.reduced_formula != formula:
+                continue
+            if _fits(ordered, structure, reference):
+                return True
+            if merged is not None and _fits(disordered, merged, reference):
+                return True
+        elif reference.composition.fractional_composition.almost_equals(fraction, atol=1e-3):
+            if _fits(disordered, structure if merged is None else merged, reference):
+                return True
+    return False
+
+
 def _fits(matcher: Any, first: Structure, second: Structure) -> bool:
     try:
         return bool(matcher.fit(first, second))
     except Exception:  # noqa: BLE001 - a structure the matcher cannot handle matches nothing
         return False
+
+
+def _elements(structure: Structure) -> frozenset[str]:
+    return frozenset(element.symbol for element in structure.composition.elements)
 
 
 def _group_by_formula(structures: Sequence[Structure]) -> dict[str, list[int]]:
@@ -147,22 +224,30 @@ def novelty(
     workers: int = 2,
     timeout: float | None = 60.0,
     matcher_settings: dict[str, float] | None = None,
+    disorder_aware: bool = False,
 ) -> NoveltyResult:
     """Novelty of ``structures`` with respect to ``reference``; one task per sample whose
-    reduced formula occurs in the reference, each under ``timeout`` seconds."""
+    reduced formula occurs in the reference (or, with ``disorder_aware``, that has a disordered
+    reference structure of its chemical system), each under ``timeout`` seconds."""
     settings = dict(DNG_MATCHER_SETTINGS if matcher_settings is None else matcher_settings)
-    reference_groups = _group_by_formula(reference)
+    ordered_reference = [i for i, s in enumerate(reference) if s.is_ordered or not disorder_aware]
+    reference_groups = _group_by_formula([reference[i] for i in ordered_reference])
+    reference_groups = {k: [ordered_reference[j] for j in v] for k, v in reference_groups.items()}
+    disordered_groups: dict[frozenset[str], list[int]] = defaultdict(list)
+    if disorder_aware:
+        for index, structure in enumerate(reference):
+            if not structure.is_ordered:
+                disordered_groups[_elements(structure)].append(index)
     is_novel = [True] * len(structures)
-    to_check = [
-        i
-        for i, structure in enumerate(structures)
-        if structure.composition.reduced_formula in reference_groups
-    ]
-    tasks = []
-    for i in to_check:
-        group = reference_groups[structures[i].composition.reduced_formula]
-        tasks.append((structures[i], [reference[j] for j in group], settings))
-    outcomes = run_tasks(matches_any, tasks, workers=workers, timeout=timeout)
+    tasks, to_check = [], []
+    for i, structure in enumerate(structures):
+        group = reference_groups.get(structure.composition.reduced_formula, [])
+        group = group + disordered_groups.get(_elements(structure), [])
+        if group:
+            to_check.append(i)
+            tasks.append((structure, [reference[j] for j in group], settings))
+    match = matches_any_disorder_aware if disorder_aware else matches_any
+    outcomes = run_tasks(match, tasks, workers=workers, timeout=timeout)
     num_timeouts = 0
     for i, outcome in zip(to_check, outcomes, strict=True):
         if outcome.status == "ok":

@@ -22,8 +22,16 @@ energy from CHGNet so that samples and hull share one energy model:
 5. If one of the sample's elements has no single-element structure in the reference set, the
    hull of its chemical system is undefined and its E_hull is reported as unknown (None).
 
-A sample is *stable* when E_hull < 0.1 eV/atom (unknown counts as not stable, and the number of
-unknowns is reported). S.U.N. = stable, unique and novel; both rates divide by all samples.
+This hull is a *proxy*: the bundled data files hold a small part of the known compounds, and
+their energies are CHGNet single points, so samples can land far below it. Its records name it
+"proxy hull: N structures of the bundled data files" and report, next to the rates, the share
+of samples below it, below it by more than 0.1 eV/atom, and with no hull at all. A hull that can
+be compared with the papers' comes from DFT reference entries
+(:mod:`kldm_cli.metrics.reference_entries`).
+
+A sample is *stable* when E_hull ≤ 0.1 eV/atom (MatterGen's definition; unknown counts as not
+stable, and the number of unknowns is reported). S.U.N. = stable, unique and novel; every rate
+divides by all samples.
 """
 
 from __future__ import annotations
@@ -34,8 +42,14 @@ from dataclasses import dataclass, field
 
 from pymatgen.core import Structure
 
-#: E_hull below this (eV/atom) counts as stable (the MatterGen / KLDM convention).
+#: E_hull at or below this (eV/atom) counts as stable (MatterGen's definition).
 STABILITY_THRESHOLD = 0.1
+
+
+def proxy_hull_name(num_structures: int) -> str:
+    """How records and tables name the built-in hull."""
+    return f"proxy hull: {num_structures:,} structures of the bundled data files"
+
 
 #: CHGNet relaxation steps for the ASE elemental crystals (1–4 atoms: a few seconds each).
 ELEMENTAL_RELAX_STEPS = 200
@@ -175,8 +189,9 @@ def energies_above_hull(
 
 @dataclass
 class StabilityResult:
-    """``stable_rate`` and ``sun_rate`` are fractions of all samples (0–1); ``e_above_hull``
-    per sample in eV/atom (None = unknown)."""
+    """``stable_rate``, ``sun_rate``, ``below_hull_rate`` (E_hull < 0), ``far_below_hull_rate``
+    (E_hull < −``threshold``) and ``no_hull_rate`` (E_hull unknown) are fractions of all
+    samples (0–1); ``e_above_hull`` per sample in eV/atom (None = unknown)."""
 
     e_above_hull: list[float | None]
     is_stable: list[bool]
@@ -185,6 +200,9 @@ class StabilityResult:
     sun_rate: float
     num_unknown: int
     threshold: float
+    below_hull_rate: float = 0.0
+    far_below_hull_rate: float = 0.0
+    no_hull_rate: float = 0.0
 
     @property
     def mean_e_above_hull(self) -> float | None:
@@ -200,15 +218,21 @@ def stability_metrics(
     *,
     threshold: float = STABILITY_THRESHOLD,
 ) -> StabilityResult:
-    """Stable % (E_hull < ``threshold``) and S.U.N. % (stable, unique and novel)."""
+    """Stable % (E_hull ≤ ``threshold``), S.U.N. % (stable, unique and novel) and the shares
+    below the hull, below it by more than ``threshold`` and with no hull."""
     if not len(e_above_hull) == len(is_unique) == len(is_novel):
         raise ValueError(
             f"lengths differ: {len(e_above_hull)} E_hull, {len(is_unique)} uniqueness flags, "
             f"{len(is_novel)} novelty flags"
         )
-    stable = [e is not None and e < threshold for e in e_above_hull]
+    stable = [e is not None and e <= threshold for e in e_above_hull]
     sun = [s and u and n for s, u, n in zip(stable, is_unique, is_novel, strict=True)]
     total = len(e_above_hull)
+
+    def share(count: int) -> float:
+        return count / total if total else 0.0
+
+    known = [e for e in e_above_hull if e is not None]
     return StabilityResult(
         e_above_hull=list(e_above_hull),
         is_stable=stable,
@@ -217,4 +241,7 @@ def stability_metrics(
         sun_rate=sum(sun) / total if total else 0.0,
         num_unknown=sum(e is None for e in e_above_hull),
         threshold=threshold,
+        below_hull_rate=share(sum(e < 0 for e in known)),
+        far_below_hull_rate=share(sum(e < -threshold for e in known)),
+        no_hull_rate=share(total - len(known)),
     )
