@@ -55,7 +55,9 @@ def test_dry_run_runs_every_part(dry_run):
 def test_dry_run_values(dry_run):
     parts = dry_run[1]["parts"]
     assert parts["env"]["cuda_available"] is False and parts["env"]["torch"]
-    assert parts["tests"]["counts"]["passed"] >= 1 and parts["tests"]["returncode"] == 0
+    # The GPU variants (marked cuda) are collected and skipped on a CPU.
+    assert parts["tests"]["counts"]["skipped"] >= 3 and parts["tests"]["returncode"] == 0
+    assert "failed" not in parts["tests"]["counts"]
     for task in ("csp", "dng"):
         same = parts["same_samples"][task]
         # On a CPU the "device" run is the CPU run again: the samples must agree exactly.
