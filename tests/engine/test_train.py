@@ -252,7 +252,7 @@ def test_bf16_on_cpu_needs_native_bf16(tmp_path, monkeypatch):
     assert "- precision: bf16" in (tmp_path / "run" / "README.md").read_text()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_train_on_cuda(tmp_path, precision):
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
