@@ -31,8 +31,8 @@ from kldm_cli.sampling import (
     plan_batches,
     sample,
     samples_to_records,
-    set_threads,
 )
+from kldm_cli.threads import set_threads
 
 #: Default number of atoms per sampling batch (the fully connected graph grows as atoms²
 #: per crystal, so this bounds memory and keeps a laptop responsive).
@@ -133,8 +133,12 @@ def sample_model(
     on_batch: Callable[[list[int], list[Structure]], None] | None = None,
     grid: str | None = None,
     done: Mapping[int, Structure] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> list[list[Structure]]:
     """``num_samples`` candidates for each composition (lists of atomic numbers).
+
+    ``on_step(done, total)`` is called after every sampler step, counted over all the batches
+    still to sample (``total`` = those batches × steps).
 
     Candidates are sampled in batches of at most ``batch_atoms`` atoms; ``on_batch`` gets the
     flat job indices (composition index * num_samples + sample index) and structures of each
@@ -152,14 +156,16 @@ def sample_model(
     results: list[Structure | None] = [None] * len(jobs)
     target = resolve_device(device)
     done = done or {}
-    for batch_number, indices in enumerate(plan_batches([len(j) for j in jobs], batch_atoms)):
+    batches = plan_batches([len(j) for j in jobs], batch_atoms)
+    step_counter = _StepCounter(on_step, sum(1 for b in batches if not all(i in done for i in b)))
+    for batch_number, indices in enumerate(batches):
         if all(i in done for i in indices):
             for i in indices:
                 results[i] = done[i]
             continue
         structures = sample_batch(
             model, [jobs[i] for i in indices], sampler,
-            batch_generator(seed, batch_number, target),
+            batch_generator(seed, batch_number, target), progress=step_counter,
         )  # fmt: skip
         for i, structure in zip(indices, structures, strict=True):
             results[i] = structure
@@ -173,12 +179,28 @@ def sample_batch(
     compositions: Sequence[Sequence[int]],
     sampler: SamplerConfig,
     generator: torch.Generator,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[Structure]:
-    """One reverse-sampling run for a batch of compositions → Structures."""
+    """One reverse-sampling run for a batch of compositions → Structures (``progress(step,
+    num_steps)`` after each sampler step)."""
     num_atoms = torch.tensor([len(c) for c in compositions])
     atomic_numbers = torch.tensor([z for c in compositions for z in c])
-    samples = sample(model, num_atoms, atomic_numbers, sampler, generator)
+    samples = sample(model, num_atoms, atomic_numbers, sampler, generator, progress)
     return [record.to_structure() for record in samples_to_records(samples)]
+
+
+class _StepCounter:
+    """Turns each batch's ``progress(step, num_steps)`` into ``on_step(done, total)`` over the
+    ``num_batches`` batches of a run."""
+
+    def __init__(self, on_step: Callable[[int, int], None] | None, num_batches: int) -> None:
+        self.on_step, self.num_batches, self.finished = on_step, num_batches, 0
+
+    def __call__(self, step: int, num_steps: int) -> None:
+        if self.on_step is not None:
+            self.on_step(self.finished + step, self.num_batches * num_steps)
+        if step == num_steps:
+            self.finished += num_steps
 
 
 def sample_csp(
@@ -214,6 +236,8 @@ class PredictResult:
     model_source: str = ""
     notice: str | None = None
     ranking: list[Any] | None = None
+    #: Set when the formula has no charge-balanced oxidation states (a typo?); not an error.
+    formula_warning: str | None = None
 
 
 def predict(
@@ -233,13 +257,17 @@ def predict(
     on_batch: Callable[[int, int], None] | None = None,
     grid: str | None = None,
     threads: int | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> PredictResult:
     """Predict ``num_samples`` structures of ``formula`` and write them to ``out``.
 
     Everything that can be checked is checked before sampling: the formula, the output folder,
     the model (task, elements, atom range). ``grid`` is the sampler's time grid (default: the
-    model's); ``threads`` the CPU threads (default: one per physical core).
+    model's); ``threads`` the CPU threads (default: :func:`kldm_cli.threads.default_threads`);
+    ``on_step(done, total)`` follows the sampler steps (see :func:`sample_model`). An ``out``
+    that already holds samples of ``fmt`` is refused (the runs would mix).
     """
+    from kldm_cli.data.formula import charge_balance_warning
     from kldm_cli.data.writers import StructureWriter
 
     if fmt not in ("cif", "extxyz"):
@@ -247,12 +275,14 @@ def predict(
     parse_formula(formula)  # a bad formula is refused before the model is even loaded
     if grid is not None:
         parse_time_grid(grid)
-    set_threads(threads)
     loaded = load_model(weights, "csp", device)
     config = loaded.model.config
     plan = plan_compositions(config, formula, num_samples, formula_units)
+    set_threads(threads, work_atoms=min(sum(len(c) for c in plan), batch_atoms))
     writer = StructureWriter(out, fmt=fmt, prefix="sample")
+    writer.refuse_existing()
     result = PredictResult(model_source=loaded.source, notice=loaded.notice)
+    result.formula_warning = charge_balance_warning(formula)
     method = method or config.sampler.method
     steps = steps or config.sampler.num_steps
     grid = grid or config.sampler.time_grid
@@ -272,7 +302,7 @@ def predict(
 
     sample_model(
         loaded.model, plan, 1, method=method, steps=steps, seed=seed, device=device,
-        batch_atoms=batch_atoms, on_batch=write_batch, grid=grid,
+        batch_atoms=batch_atoms, on_batch=write_batch, grid=grid, on_step=on_step,
     )  # fmt: skip
     if relax:
         from kldm_cli.relax import rank_candidates, relax_structures

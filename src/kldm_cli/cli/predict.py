@@ -8,12 +8,12 @@ import typer
 from rich.table import Table
 
 from kldm_cli.cli.common import (
+    SamplingProgress,
     batch_atoms_option,
     check_count_and_sampler,
     console,
     err_console,
     grid_option,
-    structures_progress,
     threads_option,
     user_errors,
 )
@@ -47,18 +47,21 @@ def predict_command(
     from kldm_cli.predict import predict
 
     check_count_and_sampler(n, "-n", sampler)
-    progress = structures_progress("predict")
-    with user_errors(), progress:
-        bar = progress.add_task("predict", total=n)
+    with user_errors(), SamplingProgress("predict", n) as progress:
         result = predict(
             formula, n, weights=weights, out=out, fmt=fmt, method=sampler, steps=steps,
             seed=seed, device=device, formula_units=formula_units, batch_atoms=batch_atoms,
-            relax=relax, on_batch=lambda done, total: progress.update(bar, completed=done),
-            grid=grid, threads=threads,
+            relax=relax, on_batch=progress.on_batch, grid=grid, threads=threads,
+            on_step=progress.on_step,
         )  # fmt: skip
     if result.notice:
         err_console.print(result.notice)
-    table = Table(title=f"{len(result.structures)} candidates for {formula}")
+    if result.formula_warning:
+        err_console.print(f"[yellow]Warning:[/] {result.formula_warning}", highlight=False)
+    table = Table(
+        title=f"{len(result.structures)} candidates for {formula}",
+        caption="not charge-balanced: check the formula" if result.formula_warning else None,
+    )
     for column in ("#", "formula", "volume (Å³)", "density (g/cm³)", "file"):
         table.add_column(column)
     for i, (structure, path) in enumerate(zip(result.structures, result.files, strict=True)):
