@@ -23,6 +23,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from kldm_cli.fileio import respect_umask
+
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], str]:
     state = optimizer.state_dict()
@@ -74,6 +76,7 @@ def save_checkpoint(
     metadata = {"trainer_state": json.dumps(trainer_state), "optimizer": optim_meta}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
+    respect_umask(tmp)
     os.replace(tmp, path)
 
 

@@ -26,8 +26,8 @@ from kldm_cli.sampling import (
     plan_batches,
     sample,
     samples_to_records,
-    set_threads,
 )
+from kldm_cli.threads import set_threads
 
 
 def parse_num_atoms(spec: str | None) -> tuple[int, int] | None:
@@ -77,9 +77,53 @@ class GenerateResult:
     files: list[Path] = field(default_factory=list)
     model_source: str = ""
     notice: str | None = None
+    #: With ``resume``: the structures an earlier run had already written (read back), and how
+    #: many of its files could not be read back (counted as not valid).
+    kept_structures: list[Structure] = field(default_factory=list)
+    kept_unreadable: int = 0
+
+    @property
+    def all_structures(self) -> list[Structure]:
+        """Every structure of the run: kept from before, then new."""
+        return self.kept_structures + self.structures
 
     def composition_counts(self) -> Counter:
-        return Counter(s.composition.reduced_formula for s in self.structures)
+        return Counter(s.composition.reduced_formula for s in self.all_structures)
+
+
+#: Metadata that decide what a run samples, with the option that sets each: ``--resume``
+#: continues a folder only where they all match (else two kinds of samples would be mixed).
+RESUME_SETTINGS = {
+    "seed": "--seed", "weights_sha256": "--weights", "sampler": "--sampler", "steps": "--steps",
+    "grid": "--grid", "batch_atoms": "--batch-atoms", "num_atoms_requested": "--num-atoms",
+}  # fmt: skip
+
+
+def check_resume_settings(
+    existing: dict[int, dict], settings: dict[str, object], out: Path
+) -> None:
+    """Refuse to resume ``out`` when its samples' metadata differ from this run's ``settings``.
+
+    ``existing`` maps sample index → metadata (:meth:`StructureWriter.existing_metadata`); a key
+    an older file does not record is not compared. Raises ``ValueError`` naming every difference.
+    """
+
+    def plain(value: object) -> str | None:
+        return None if value in (None, "null", "None") else str(value)
+
+    differences = []
+    for key, option in RESUME_SETTINGS.items():
+        before = {plain(meta[key]) for meta in existing.values() if key in meta}
+        now = plain(settings.get(key))
+        if before and before != {now}:
+            was = " and ".join(sorted(str(v) for v in before))
+            differences.append(f"{option} {was} there, {now} now")
+    if differences:
+        raise ValueError(
+            f"--resume: the structures in {out} were made with other settings ("
+            + "; ".join(differences)
+            + "); resume with the same options, or choose another --out"
+        )
 
 
 def generate(
@@ -98,11 +142,14 @@ def generate(
     on_batch: Callable[[int, int], None] | None = None,
     grid: str | None = None,
     threads: int | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> GenerateResult:
     """Generate ``n`` crystals into ``out`` (see the module docstring).
 
     ``grid`` is the sampler's time grid (``"uniform"``, ``"power[:RHO]"``; default: the model's);
-    ``threads`` the CPU threads (default: one per physical core).
+    ``threads`` the CPU threads (default: :func:`kldm_cli.threads.default_threads`);
+    ``on_step(done, total)`` is called after every sampler step, counted over all batches still
+    to sample. With ``resume``, the folder's samples must have been made with the same settings.
     """
     from kldm_cli.data.writers import StructureWriter
 
@@ -113,42 +160,59 @@ def generate(
     atom_range = parse_num_atoms(num_atoms)
     if grid is not None:
         parse_time_grid(grid)
-    set_threads(threads)
     loaded = load_model(weights, "dng", device)
     config = loaded.model.config
     plan = plan_num_atoms(config, n, seed, atom_range)
+    batches = plan_batches(plan, batch_atoms)
+    set_threads(threads, work_atoms=max(sum(plan[i] for i in b) for b in batches))
     writer = StructureWriter(out, fmt=fmt, prefix="sample")
-    existing = writer.existing_indices()
-    if existing and not resume:
-        raise ValueError(
-            f"{out} already holds {len(existing)} generated structures; pass --resume to "
-            "continue that run, or choose another --out"
-        )
+    if not resume:
+        writer.refuse_existing("pass --resume to continue that run")
+    existing_metadata = writer.existing_metadata() if resume else {}
+    existing = set(existing_metadata)
     sampler = replace(
         config.sampler,
         method=method or config.sampler.method,  # type: ignore[arg-type]
         num_steps=steps or config.sampler.num_steps,
         time_grid=grid or config.sampler.time_grid,
     )
+    settings = {
+        "seed": seed, "weights_sha256": loaded.weights_sha256, "sampler": sampler.method,
+        "steps": sampler.num_steps, "grid": sampler.time_grid, "batch_atoms": batch_atoms,
+        "num_atoms_requested": num_atoms or "training distribution",
+    }  # fmt: skip
+    check_resume_settings(existing_metadata, settings, out)
     target = resolve_device(device)
     result = GenerateResult(model_source=loaded.source, notice=loaded.notice)
-    result.skipped_existing = len(existing & set(range(n)))
-    for batch_number, indices in enumerate(plan_batches(plan, batch_atoms)):
+    kept = sorted(existing & set(range(n)))
+    result.skipped_existing = len(kept)
+    read_back = writer.read_structures(kept) if kept else []
+    result.kept_structures = [s for s in read_back if s is not None]
+    result.kept_unreadable = len(read_back) - len(result.kept_structures)
+    todo_batches = [b for b in batches if any(i not in existing for i in b)]
+    total_steps, steps_done = len(todo_batches) * sampler.num_steps, 0
+
+    def step_done(step: int, num_steps: int) -> None:
+        if on_step is not None:
+            on_step(steps_done + step, total_steps)
+
+    for batch_number, indices in enumerate(batches):
         todo = [i for i in indices if i not in existing]
         if not todo:
             continue
         generator = batch_generator(seed, batch_number, target)
         samples = sample(
-            loaded.model, torch.tensor([plan[i] for i in indices]), None, sampler, generator
-        )
+            loaded.model, torch.tensor([plan[i] for i in indices]), None, sampler, generator,
+            progress=step_done,
+        )  # fmt: skip
+        steps_done += sampler.num_steps
         for index, record in zip(indices, samples_to_records(samples), strict=True):
             if index in existing:
                 continue
             structure = record.to_structure()
             metadata = {
                 "formula": structure.composition.formula.replace(" ", ""), "sample_index": index,
-                "seed": seed, "model": loaded.source, "weights_sha256": loaded.weights_sha256,
-                "sampler": sampler.method, "steps": sampler.num_steps, "grid": sampler.time_grid,
+                "model": loaded.source, **settings,
             }  # fmt: skip
             result.files.append(writer.write(structure, index, metadata))
             result.structures.append(structure)

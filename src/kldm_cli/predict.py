@@ -31,9 +31,9 @@ from kldm_cli.sampling import (
     plan_batches,
     sample,
     samples_to_records,
-    set_threads,
 )
 from kldm_cli.search import SearchSettings
+from kldm_cli.threads import set_threads
 
 #: Default number of atoms per sampling batch (the fully connected graph grows as atoms²
 #: per crystal, so this bounds memory and keeps a laptop responsive).
@@ -146,8 +146,12 @@ def sample_model(
     on_batch: Callable[[list[int], list[Structure]], None] | None = None,
     grid: str | None = None,
     done: Mapping[int, Structure] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> list[list[Structure]]:
     """``num_samples`` candidates for each composition (lists of atomic numbers).
+
+    ``on_step(done, total)`` is called after every sampler step, counted over all the batches
+    still to sample (``total`` = those batches × steps).
 
     Candidates are sampled in batches of at most ``batch_atoms`` atoms; ``on_batch`` gets the
     flat job indices (composition index * num_samples + sample index) and structures of each
@@ -165,14 +169,16 @@ def sample_model(
     results: list[Structure | None] = [None] * len(jobs)
     target = resolve_device(device)
     done = done or {}
-    for batch_number, indices in enumerate(plan_batches([len(j) for j in jobs], batch_atoms)):
+    batches = plan_batches([len(j) for j in jobs], batch_atoms)
+    step_counter = _StepCounter(on_step, sum(1 for b in batches if not all(i in done for i in b)))
+    for batch_number, indices in enumerate(batches):
         if all(i in done for i in indices):
             for i in indices:
                 results[i] = done[i]
             continue
         structures = sample_batch(
             model, [jobs[i] for i in indices], sampler,
-            batch_generator(seed, batch_number, target),
+            batch_generator(seed, batch_number, target), progress=step_counter,
         )  # fmt: skip
         for i, structure in zip(indices, structures, strict=True):
             results[i] = structure
@@ -186,12 +192,28 @@ def sample_batch(
     compositions: Sequence[Sequence[int]],
     sampler: SamplerConfig,
     generator: torch.Generator,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[Structure]:
-    """One reverse-sampling run for a batch of compositions → Structures."""
+    """One reverse-sampling run for a batch of compositions → Structures (``progress(step,
+    num_steps)`` after each sampler step)."""
     num_atoms = torch.tensor([len(c) for c in compositions])
     atomic_numbers = torch.tensor([z for c in compositions for z in c])
-    samples = sample(model, num_atoms, atomic_numbers, sampler, generator)
+    samples = sample(model, num_atoms, atomic_numbers, sampler, generator, progress)
     return [record.to_structure() for record in samples_to_records(samples)]
+
+
+class _StepCounter:
+    """Turns each batch's ``progress(step, num_steps)`` into ``on_step(done, total)`` over the
+    ``num_batches`` batches of a run."""
+
+    def __init__(self, on_step: Callable[[int, int], None] | None, num_batches: int) -> None:
+        self.on_step, self.num_batches, self.finished = on_step, num_batches, 0
+
+    def __call__(self, step: int, num_steps: int) -> None:
+        if self.on_step is not None:
+            self.on_step(self.finished + step, self.num_batches * num_steps)
+        if step == num_steps:
+            self.finished += num_steps
 
 
 def sample_csp(
@@ -231,6 +253,8 @@ class PredictResult:
     #: Files of the ranked structures (``rank_001_<formula>.cif``, ...) and ``summary.csv``.
     ranked_files: list[Path] = field(default_factory=list)
     summary: Path | None = None
+    #: Set when the formula has no charge-balanced oxidation states (a typo?); not an error.
+    formula_warning: str | None = None
 
 
 def predict(
@@ -252,12 +276,15 @@ def predict(
     threads: int | None = None,
     search: SearchSettings | None = None,
     on_stage: Callable[[str], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> PredictResult:
     """Predict ``num_samples`` structures of ``formula`` and write them to ``out``.
 
     Everything that can be checked is checked before sampling: the formula, the output folder,
     the model (task, elements, atom range). ``grid`` is the sampler's time grid (default: the
-    model's); ``threads`` the CPU threads (default: one per physical core).
+    model's); ``threads`` the CPU threads (default: :func:`kldm_cli.threads.default_threads`);
+    ``on_step(done, total)`` follows the sampler steps (see :func:`sample_model`). An ``out``
+    that already holds samples of ``fmt`` (or a ranked search) is refused (the runs would mix).
 
     With ``search`` (a ranked search, :mod:`kldm_cli.search`), ``search.candidates`` candidates
     are sampled with the search's sampler settings (``method``/``steps``/``grid`` override them)
@@ -265,6 +292,7 @@ def predict(
     as ``rank_001_<formula>.cif`` ... with ``summary.csv``. ``relax=True`` without ``search``
     relaxes and ranks all ``num_samples`` samples (no screening, the model's sampler).
     """
+    from kldm_cli.data.formula import charge_balance_warning
     from kldm_cli.data.writers import StructureWriter
 
     if fmt not in ("cif", "extxyz"):
@@ -281,7 +309,6 @@ def predict(
         from kldm_cli.relax import load_chgnet
 
         chgnet = load_chgnet(device)  # without the [relax] extra: refused before sampling
-    set_threads(threads)
     loaded = load_model(weights, "csp", device)
     config = loaded.model.config
     defaults = search or SearchSettings(sampler=None, steps=None, grid=None)
@@ -290,9 +317,14 @@ def predict(
     grid = grid or defaults.grid or config.sampler.time_grid
     num_candidates = search.candidates if search is not None else num_samples
     plan = plan_compositions(config, formula, num_candidates, formula_units)
+    set_threads(threads, work_atoms=min(sum(len(c) for c in plan), batch_atoms))
     sample_dir = Path(out) / "candidates" if search is not None else Path(out)
     writer = StructureWriter(sample_dir, fmt=fmt, prefix="sample")
+    writer.refuse_existing()
+    if search is not None:
+        refuse_existing_search(Path(out))
     result = PredictResult(model_source=loaded.source, notice=loaded.notice)
+    result.formula_warning = charge_balance_warning(formula)
 
     def write_batch(indices: list[int], structures: list[Structure]) -> None:
         for index, structure in zip(indices, structures, strict=True):
@@ -309,7 +341,7 @@ def predict(
 
     samples = sample_model(
         loaded.model, plan, 1, method=method, steps=steps, seed=seed, device=device,
-        batch_atoms=batch_atoms, on_batch=write_batch, grid=grid,
+        batch_atoms=batch_atoms, on_batch=write_batch, grid=grid, on_step=on_step,
     )  # fmt: skip
     if search is not None:
         from kldm_cli.search import search_structures
@@ -331,6 +363,16 @@ def predict(
 
 
 # ---------------------------------------------------------------------- ranked outputs
+def refuse_existing_search(out: Path) -> None:
+    """Raise ``ValueError`` if ``out`` holds the ranked files of an earlier search."""
+    earlier = sorted(out.glob("rank_*.cif")) + sorted(out.glob("ranked*.extxyz"))
+    if (out / "summary.csv").exists() or earlier:
+        raise ValueError(
+            f"{out} already holds a ranked search ({len(earlier)} ranked files, summary.csv); "
+            "choose another --out (or remove them): writing here would mix two runs"
+        )
+
+
 SEARCH_SUMMARY_COLUMNS = (
     "rank", "file", "sample_index", "candidate_file", "status", "duplicate_of", "formula",
     "spacegroup", "energy_per_atom_eV", "energy_above_best_eV", "single_point_energy_per_atom_eV",

@@ -25,7 +25,6 @@ Engine (what makes a step cheap; ``benchmarks/bench_sampling.py`` measures it):
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -38,6 +37,7 @@ from kldm_cli.data.records import CrystalRecord
 from kldm_cli.model import KLDM, SampleState
 from kldm_cli.nn import NetworkOutput
 from kldm_cli.nn.cspnet import EdgeGraph
+from kldm_cli.threads import physical_cores, set_threads  # noqa: F401  (re-exported)
 
 #: Exponent of ``time_grid="power"`` when none is given (``"power"`` = ``"power:2"``).
 DEFAULT_GRID_POWER = 2.0
@@ -110,46 +110,6 @@ def time_grid(
     grid = ramp.pow(power)
     grid[0], grid[-1] = 1.0, t_min  # exact end points
     return grid.to(device)
-
-
-# ---------------------------------------------------------------------- threads
-def physical_cores() -> int:
-    """Physical CPU cores available to this process (hyper-threads not counted)."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    cores: set[tuple[str, str]] = set()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            physical, core = "0", None
-            for line in handle:
-                key, _, value = line.partition(":")
-                key, value = key.strip(), value.strip()
-                if key == "physical id":
-                    physical = value
-                elif key == "core id":
-                    core = value
-                elif not key and core is not None:
-                    cores.add((physical, core))
-                    physical, core = "0", None
-            if core is not None:
-                cores.add((physical, core))
-    except OSError:
-        pass
-    count = len(cores) or os.cpu_count() or 1
-    return max(1, min(count, available or count))
-
-
-def set_threads(threads: int | None = None) -> int:
-    """Set torch's intra-op CPU threads: ``threads``, or the physical cores if ``None``.
-
-    Returns the number set. One thread per physical core is the fastest setting for sampling on
-    an idle machine; on a machine shared with other jobs, fewer threads slow those jobs less.
-    """
-    if threads is None:
-        threads = physical_cores()
-    if threads < 1:
-        raise ValueError(f"the number of threads must be positive, got {threads}")
-    torch.set_num_threads(threads)
-    return threads
 
 
 # ---------------------------------------------------------------------- prior

@@ -121,6 +121,60 @@ class TrainResult:
     interrupted: bool = False
 
 
+# ---------------------------------------------------------------------- training set
+#: Without ``--max-atoms``, crystals with more atoms are left out (with a note): the network is
+#: fully connected, so memory and time grow as atoms² per crystal, and one outlier would set the
+#: model's ``max_atoms``.
+DEFAULT_MAX_ATOMS = 100
+#: Skipped rows named one by one (``kldm data stats`` lists them all).
+SKIPPED_SHOWN = 3
+
+
+def skipped_notes(skipped: Sequence[Any], data: Path | str) -> list[str]:
+    """Notes naming the first :data:`SKIPPED_SHOWN` unusable rows (location and reason)."""
+    if not skipped:
+        return []
+    notes = [f"skipped {row.location}: {row.reason}" for row in skipped[:SKIPPED_SHOWN]]
+    if len(skipped) > SKIPPED_SHOWN:
+        notes.append(
+            f"... and {len(skipped) - SKIPPED_SHOWN} more skipped rows "
+            f"(kldm data stats {data} lists them all)"
+        )
+    return notes
+
+
+def select_by_atoms(
+    records: Sequence[CrystalRecord], options: TrainOptions
+) -> tuple[list[CrystalRecord], str | None]:
+    """The records with at most ``--max-atoms`` atoms, and a note when the default limit
+    (:data:`DEFAULT_MAX_ATOMS`, or the ``max_atoms`` of the run being resumed) left some out.
+
+    Raises ``ValueError`` when none is left, saying how to raise the limit.
+    """
+    limit = options.max_atoms
+    if limit is None:
+        saved = Path(options.out) / "config.json"
+        if (Path(options.out) / CHECKPOINT_NAME).exists() and saved.exists():
+            limit = KLDMConfig.load(saved).max_atoms
+        else:
+            limit = DEFAULT_MAX_ATOMS
+    kept = [r for r in records if r.num_atoms <= limit]
+    largest = max((r.num_atoms for r in records), default=0)
+    if not kept:
+        raise ValueError(
+            f"{options.data}: no structure has at most {limit} atoms (largest: {largest}); "
+            f"pass --max-atoms {largest} to train on them"
+        )
+    note = None
+    if len(kept) < len(records) and options.max_atoms is None:
+        note = (
+            f"left out {len(records) - len(kept)} crystal(s) with more than {limit} atoms "
+            f"(largest: {largest}); pass --max-atoms {largest} to train on them (memory and "
+            "time grow as atoms² per crystal)"
+        )
+    return kept, note
+
+
 # ---------------------------------------------------------------------- configuration
 def build_config(
     options: TrainOptions,
@@ -698,13 +752,9 @@ class Trainer:
                 f"{options.data}: no usable structures ({len(dataset.skipped)} skipped)"
             )
         self.skipped = len(dataset.skipped)
-        self.records = [
-            r
-            for r in dataset.records
-            if options.max_atoms is None or r.num_atoms <= options.max_atoms
-        ]
-        if not self.records:
-            raise ValueError(f"{options.data}: no structure has at most {options.max_atoms} atoms")
+        self.notes += skipped_notes(dataset.skipped, options.data)
+        self.records, note = select_by_atoms(dataset.records, options)
+        self.notes += [note] if note else []
 
         checkpoint_path = self.out / CHECKPOINT_NAME
         config_path = self.out / "config.json"
@@ -719,6 +769,8 @@ class Trainer:
                     f"{self.out} holds a run trained on other data (sha256 {previous[:12]}…); "
                     "use a new --out folder"
                 )
+            known = set(self.config.elements)  # a fine-tuning run left some structures out
+            self.records = [r for r in self.records if {int(z) for z in r.atomic_numbers} <= known]
         else:
             init_config, init_state = self._read_init()
             self.config = build_config(

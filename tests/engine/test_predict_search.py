@@ -41,8 +41,13 @@ def test_a_seed_fixes_the_ranked_output(tmp_path, one_thread) -> None:
     search = SearchSettings(candidates=4, steps=20, screen=2, relax_steps=2)
     runs = [  # the bundled weights: a barely trained model gives cells of no volume
         predict(
-            "NaCl", 2, weights=str(BUNDLED_CSP), out=tmp_path / f"run{i}", seed=seed,
-            search=search, threads=one_thread,
+            "NaCl",
+            2,
+            weights=str(BUNDLED_CSP),
+            out=tmp_path / f"run{i}",
+            seed=seed,
+            search=search,
+            threads=one_thread,
         )  # fmt: skip
         for i, seed in enumerate([3, 3, 4])
     ]

@@ -146,11 +146,11 @@ def test_sample_refuses_an_unknown_grid_before_sampling():
 
 
 # ---------------------------------------------------------------------- threads
-def test_set_threads_sets_torch_threads_and_defaults_to_physical_cores():
+def test_set_threads_sets_torch_threads():
     before = torch.get_num_threads()
     try:
         assert set_threads(1) == 1 and torch.get_num_threads() == 1
-        assert set_threads(None) == physical_cores() == torch.get_num_threads()
+        assert set_threads(None) == torch.get_num_threads() >= 1
         assert 1 <= physical_cores() <= (torch.multiprocessing.cpu_count() or 1)
         with pytest.raises(ValueError, match="threads"):
             set_threads(0)

@@ -25,11 +25,29 @@ def test_list_shows_releases_bundled_and_metrics(
     shutil.copytree(make_model_folder(), bundled_dir / "kldm-csp-mp20")
     result = runner.invoke(app, ["weights", "list"])
     assert result.exit_code == 0, result.output
-    lines = {line.split()[1]: line for line in result.output.splitlines() if "kldm-" in line}
+    lines = {line.split()[1]: line for line in result.output.splitlines() if "│ kldm-" in line}
     assert set(lines) == set(hub.RELEASES)
     bundled = lines["kldm-csp-mp20"]
-    assert "match_rate=0.5573" in bundled and " yes " in bundled and " B " in bundled
+    assert " yes " in bundled and " B " in bundled
     assert " yes " not in lines["kldm-csp-perov5"]
+    assert "kldm-csp-mp20: match_rate=0.5573" in result.output
+
+
+def test_list_never_cuts_a_metric_at_80_columns(
+    bundled_dir: Path, make_model_folder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    folder = bundled_dir / "kldm-csp-mp20"
+    shutil.copytree(make_model_folder(), folder)
+    metrics = {f"mp20_test_long_metric_name_{i}": 0.5 + i / 100 for i in range(8)}
+    card = (folder / "README.md").read_text()
+    lines = "".join(f"  {key}: {value}\n" for key, value in metrics.items())
+    (folder / "README.md").write_text(card.replace("kldm_metrics:\n", "kldm_metrics:\n" + lines, 1))
+    result = runner.invoke(app, ["weights", "list"])
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output
+    for key, value in metrics.items():
+        assert f"{key}={value:.4g}" in result.output
 
 
 def test_download_offline_is_a_clear_error(closed_endpoint: str) -> None:
@@ -59,5 +77,5 @@ def test_download_then_listed_as_cached(
     again = runner.invoke(app, ["weights", "download", "kldm-dng-mp20"])
     assert "already cached" in again.output
     listing = runner.invoke(app, ["weights", "list"])
-    line = next(line for line in listing.output.splitlines() if "kldm-dng-mp20" in line)
-    assert " yes " in line and "match_rate=0.5573" in line
+    line = next(line for line in listing.output.splitlines() if "│ kldm-dng-mp20" in line)
+    assert " yes " in line and "kldm-dng-mp20: match_rate=0.5573" in listing.output

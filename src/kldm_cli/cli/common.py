@@ -8,7 +8,13 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -36,21 +42,50 @@ def check_count_and_sampler(n: int, n_hint: str, sampler: str | None) -> None:
         raise typer.BadParameter(f"choose pc or em, got {sampler!r}", param_hint="--sampler")
 
 
-def structures_progress(label: str, *, rate: bool = False) -> Progress:
-    """A rich progress bar counting finished structures (with a structures/s field if ``rate``)."""
-    columns = [
-        TextColumn(f"[bold]{label}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-    ]
-    if rate:
-        columns.append(TextColumn("{task.fields[rate]}"))
-    return Progress(*columns, TimeElapsedColumn(), console=console)
+class SamplingProgress:
+    """A rich progress bar for ``predict`` / ``generate``: sampler steps over the whole run
+    (every batch), with the structures written so far, elapsed time and an ETA.
+
+    Use as a context manager; pass :meth:`on_step` and :meth:`on_batch` to the library call.
+    """
+
+    def __init__(self, label: str, total_structures: int) -> None:
+        self.total_structures = total_structures
+        self.progress = Progress(
+            TextColumn(f"[bold]{label}"), BarColumn(),
+            TextColumn("{task.fields[steps]}"), TextColumn("{task.fields[done]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+        )  # fmt: skip
+        self.task = self.progress.add_task(label, total=None, steps="loading model", done="")
+        self.on_batch(0, total_structures)
+
+    def on_step(self, done: int, total: int) -> None:
+        """``done`` of ``total`` sampler steps finished (all batches of the run together)."""
+        self.progress.update(self.task, completed=done, total=total, steps=f"step {done}/{total}")
+
+    def on_batch(self, done: int, total: int) -> None:
+        """``done`` of ``total`` structures written."""
+        self.progress.update(self.task, done=f"{done}/{total} structures")
+
+    def on_stage(self, name: str) -> None:
+        """A stage after sampling started (the ranked search: ``name`` says which)."""
+        self.progress.update(self.task, steps=name)
+
+    def __enter__(self) -> SamplingProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)  # type: ignore[arg-type]
 
 
 def threads_option() -> Any:
     return typer.Option(
-        None, "--threads", min=1, help="CPU threads (default: one per physical core)."
+        None,
+        "--threads",
+        min=1,
+        help="CPU threads (default: one per physical core that other processes leave free, "
+        "at most one per 64 atoms of a batch; see docs/benchmarks.md).",
     )
 
 

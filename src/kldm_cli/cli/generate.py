@@ -7,12 +7,12 @@ from pathlib import Path
 import typer
 
 from kldm_cli.cli.common import (
+    SamplingProgress,
     batch_atoms_option,
     check_count_and_sampler,
     console,
     err_console,
     grid_option,
-    structures_progress,
     threads_option,
     user_errors,
 )
@@ -42,34 +42,26 @@ def generate_command(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
 ) -> None:
     """Generate new crystals (species, coordinates and lattice)."""
-    import time
-
     from kldm_cli.generate import generate
     from kldm_cli.metrics.validity import structural_validity
 
     check_count_and_sampler(n, "--n", sampler)
-    progress = structures_progress("generate", rate=True)
-    start = time.perf_counter()
-    with user_errors(), progress:
-        bar = progress.add_task("generate", total=n, rate="")
-
-        def on_batch(done: int, total: int) -> None:
-            rate = done / max(time.perf_counter() - start, 1e-9)
-            progress.update(bar, completed=done, rate=f"{rate:.2f} structures/s")
-
+    with user_errors(), SamplingProgress("generate", n) as progress:
         result = generate(
             n, weights=weights, out=out, fmt=fmt, method=sampler, steps=steps, seed=seed,
             device=device, num_atoms=num_atoms, batch_atoms=batch_atoms, resume=resume,
-            on_batch=on_batch, grid=grid, threads=threads,
+            on_batch=progress.on_batch, grid=grid, threads=threads, on_step=progress.on_step,
         )  # fmt: skip
     if result.notice:
         err_console.print(result.notice)
-    valid = sum(structural_validity(s) for s in result.structures)
+    structures = result.all_structures
+    valid = sum(structural_validity(s) for s in structures)
     console.print(
         f"[green]{result.written}[/] new structures in {out}"
         + (f" ({result.skipped_existing} kept from before)" if result.skipped_existing else "")
-        + f"; structurally valid: {valid}/{max(result.written, 1)}; "
-        f"distinct compositions: {len(result.composition_counts())}"
+        + f"; structurally valid: {valid}/{len(structures) + result.kept_unreadable}"
+        + (" (the whole folder)" if result.skipped_existing else "")
+        + f"; distinct compositions: {len(result.composition_counts())}"
     )
     for formula, count in result.composition_counts().most_common(10):
         console.print(f"  {formula}: {count}")

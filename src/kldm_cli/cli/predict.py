@@ -9,12 +9,12 @@ import typer
 from rich.table import Table
 
 from kldm_cli.cli.common import (
+    SamplingProgress,
     batch_atoms_option,
     check_count_and_sampler,
     console,
     err_console,
     grid_option,
-    structures_progress,
     threads_option,
     user_errors,
 )
@@ -98,23 +98,24 @@ def predict_command(
             candidates=n, sampler=None, steps=None, grid=None, screen=0,
             relax_steps=relax_steps, fmax=fmax, workers=workers,
         )  # fmt: skip
-    progress = structures_progress("predict")
-    with user_errors(), missing_extra(), progress:
-        total = candidates or n
-        bar = progress.add_task("predict", total=total)
+    with user_errors(), missing_extra(), SamplingProgress("predict", candidates or n) as progress:
         result = predict(
             formula, n, weights=weights, out=out, fmt=fmt, method=sampler, steps=steps,
             seed=seed, device=device, formula_units=formula_units, batch_atoms=batch_atoms,
-            on_batch=lambda done, total: progress.update(bar, completed=done),
-            grid=grid, threads=threads, search=search,
-            on_stage=lambda name: progress.update(bar, description=name),
+            on_batch=progress.on_batch, grid=grid, threads=threads, on_step=progress.on_step,
+            search=search, on_stage=progress.on_stage,
         )  # fmt: skip
     if result.notice:
         err_console.print(result.notice)
+    if result.formula_warning:
+        err_console.print(f"[yellow]Warning:[/] {result.formula_warning}", highlight=False)
     if result.search is not None:
         print_search(result, formula, n, out)
         return
-    table = Table(title=f"{len(result.structures)} candidates for {formula}")
+    table = Table(
+        title=f"{len(result.structures)} candidates for {formula}",
+        caption="not charge-balanced: check the formula" if result.formula_warning else None,
+    )
     for column in ("#", "formula", "volume (Å³)", "density (g/cm³)", "file"):
         table.add_column(column)
     for i, (structure, path) in enumerate(zip(result.structures, result.files, strict=True)):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from kldm_cli.cli.common import console, err_console, user_errors
+from kldm_cli.cli.common import console, err_console, threads_option, user_errors
 
 if TYPE_CHECKING:
     from kldm_cli.train import Trainer
@@ -75,26 +75,34 @@ def train_command(
         True, "--plot/--no-plot", help="Write training_curves.png at every checkpoint."
     ),
     max_atoms: int | None = typer.Option(
-        None, "--max-atoms", min=1, help="Leave out training crystals with more atoms."
+        None,
+        "--max-atoms",
+        min=1,
+        help="Leave out training crystals with more atoms (default: 100, with a note).",
     ),
     init_from: Path | None = typer.Option(
         None,
         "--init-from",
         help="Model folder to fine-tune: its weights, network size and elements are kept.",
     ),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
+    cache_dir: Path | None = typer.Option(
+        None,
+        "--cache-dir",
+        help="Folder of the preprocessing cache (default: $KLDM_CACHE_DIR, else "
+        "~/.cache/kldm/datasets).",
+        show_default=False,
+    ),
+    threads: int | None = threads_option(),
 ) -> None:
     """Train a KLDM model; the output folder is a model folder for [bold]--weights[/].
 
     Ctrl-C finishes the current step, writes a checkpoint and exits; the same command resumes.
     Several GPUs: [bold]torchrun --nproc_per_node N -m kldm_cli train --device cuda ...[/]
     """
-    import torch
-
+    from kldm_cli.threads import set_threads
     from kldm_cli.train import LOG_NAME, PLOT_NAME, Trainer, TrainOptions, distributed_from_env
 
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)  # before anything else runs torch
     options = TrainOptions(
         data=data, out=out, val=val, task=task, preset=preset, types=types, epochs=epochs,
         max_steps=max_steps, batch_size=batch_size, learning_rate=lr, lr_schedule=lr_schedule,
@@ -102,7 +110,8 @@ def train_command(
         precision=precision,
         checkpoint_every=checkpoint_every, log_every=log_every, val_every=val_every,
         val_subset=val_subset, val_steps=val_steps, val_sampler=val_sampler,
-        val_workers=val_workers, plot=plot, max_atoms=max_atoms, init_from=init_from,
+        val_workers=val_workers, plot=plot, max_atoms=max_atoms, cache_dir=cache_dir,
+        init_from=init_from,
     )  # fmt: skip
     trainer: Trainer | None = None
     try:

@@ -27,9 +27,8 @@ def _size(num_bytes: int | None) -> str:
 
 
 def _metrics(metrics: dict) -> str:
-    if not metrics:
-        return "—"
-    return "\n".join(
+    """``key=value, key=value``: wrapped between entries, never cut (a table column was)."""
+    return ", ".join(
         f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
         for key, value in metrics.items()
     )
@@ -37,7 +36,7 @@ def _metrics(metrics: dict) -> str:
 
 @app.command("list")
 def list_command() -> None:
-    """Show every release: task, size, headline metrics, and whether it is cached or bundled.
+    """Show every release: task, size, whether it is cached or bundled, then its metrics.
 
     Works offline: sizes and metrics come from a cached or bundled copy ("—" when neither).
     """
@@ -51,7 +50,6 @@ def list_command() -> None:
     table.add_column("size", justify="right", no_wrap=True)
     table.add_column("cached")
     table.add_column("bundled")
-    table.add_column("metrics")
     table.add_column("description")
     for status in statuses:
         table.add_row(
@@ -60,10 +58,12 @@ def list_command() -> None:
             _size(status.size_bytes),
             "yes" if status.cached_path else "no",
             "yes" if status.bundled_path else "no",
-            _metrics(status.metrics),
             status.release.description,
         )
     console.print(table)
+    for status in statuses:
+        if status.metrics:
+            console.print(f"[bold]{status.release.name}[/]: {_metrics(status.metrics)}")
     console.print(f"Hub cache: {hub_cache_dir()}", highlight=False)
 
 

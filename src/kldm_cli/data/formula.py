@@ -119,3 +119,32 @@ def _parse_amount(formula: str, pos: int) -> tuple[int, int]:
     if int(text) == 0:
         raise ValueError(f"Zero amount {text!r} in formula {formula!r}")
     return int(text), match.end()
+
+
+def charge_balance_warning(formula: str) -> str | None:
+    """A warning when no charge-balanced assignment of oxidation states exists for ``formula``
+    (SMACT, pymatgen's common oxidation states, mixed valence allowed, no electronegativity
+    test; all-metal formulas count as alloys), else ``None``.
+
+    Often a typo (``LiFePO`` for ``LiFePO4``); covalent and intermetallic compounds (SiC, MgB2)
+    are real exceptions, so this only warns.
+    """
+    import warnings
+
+    from smact.screening import smact_validity
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            balanced = smact_validity(
+                formula, use_pauling_test=False, include_alloys=True,
+                oxidation_states_set="pymatgen_sp", mixed_valence=True,
+            )  # fmt: skip
+    except Exception:  # noqa: BLE001  (a formula SMACT cannot read: no opinion)
+        return None
+    if balanced:
+        return None
+    return (
+        f"{formula} has no charge-balanced set of common oxidation states (SMACT): check the "
+        "formula for a typo; covalent or intermetallic compounds can still be right"
+    )

@@ -28,6 +28,7 @@ import multiprocessing
 import os
 import tempfile
 import warnings
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -336,6 +337,11 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
     with open(path, "rb") as probe:
         gzipped = probe.read(2) == b"\x1f\x8b"
+    if path.name.lower().endswith(".gz") and not gzipped:
+        raise ValueError(
+            f"{path}: not a gzip file (the name ends in .gz, the content is not gzip); "
+            "rename it to .csv if it is plain text, or compress it with gzip"
+        )
     opener = gzip.open if gzipped else open
     try:
         with opener(path, "rt", newline="", encoding="utf-8", errors="replace") as handle:
@@ -347,7 +353,9 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
             rows = [row for row in reader if row]
     except csv.Error as err:
         raise ValueError(f"{path}: malformed CSV ({err})") from err
-    except (OSError, EOFError) as err:
+    except (gzip.BadGzipFile, zlib.error, EOFError) as err:
+        raise ValueError(f"{path}: corrupt or truncated gzip data ({err})") from err
+    except OSError as err:
         raise ValueError(f"{path}: cannot read ({err})") from err
     header = [name.strip() or f"Unnamed: {i}" for i, name in enumerate(header)]
     return header, rows

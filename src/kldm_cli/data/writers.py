@@ -24,6 +24,7 @@ import numpy as np
 
 from kldm_cli import __version__
 from kldm_cli.data.records import CrystalRecord
+from kldm_cli.fileio import respect_umask
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -151,6 +152,7 @@ class StructureWriter:
                 handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
+            respect_umask(handle.name)
             os.replace(handle.name, path)
         except BaseException:  # interrupted or failed: leave neither a half file nor a temp file
             Path(handle.name).unlink(missing_ok=True)
@@ -189,6 +191,58 @@ class StructureWriter:
             indices.add(position if index is None else index)
         return indices
 
+    def existing_metadata(self) -> dict[int, dict[str, Any]]:
+        """Sample index → the metadata written with it, for every sample already written."""
+        if self.fmt == "cif":
+            found = {}
+            for path in self.out_dir.iterdir():
+                if (match := self._cif_name.match(path.name)) is not None:
+                    with open(path, encoding="utf-8", errors="replace") as handle:
+                        header = "".join(line for line in handle if line.startswith("#"))
+                    found[int(match.group(1))] = parse_cif_metadata(header)
+            return found
+        from ase.io.extxyz import key_val_str_to_dict
+
+        found = {}
+        for position, info_line in enumerate(self._extxyz_frames()[0]):
+            try:
+                info = key_val_str_to_dict(info_line.strip())
+            except (ValueError, TypeError):
+                info = {}
+            info = {key: _plain(value) for key, value in info.items()}
+            index = _sample_index_from_info(info_line)
+            found[position if index is None else index] = info
+        return found
+
+    def read_structures(self, indices: list[int]) -> list[Structure | None]:
+        """The written samples ``indices`` read back as pymatgen Structures (in that order);
+        ``None`` for a CIF that cannot be read back (e.g. a collapsed cell)."""
+        if self.fmt == "cif":
+            return [_read_cif_structure(self.path_for(i)) for i in indices]
+        import ase.io
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        frames = {}
+        for position, atoms in enumerate(ase.io.read(self.extxyz_path, index=":")):
+            index = atoms.info.get("sample_index", position)
+            frames[int(index)] = atoms
+        return [AseAtomsAdaptor.get_structure(frames[i]) for i in indices]
+
+    def refuse_existing(self, resume_hint: str | None = None) -> None:
+        """Raise ``ValueError`` if ``out_dir`` already holds samples of this writer's format.
+
+        ``resume_hint`` (e.g. "pass --resume to continue that run") is named in the message.
+        """
+        existing = self.existing_indices()
+        if not existing:
+            return
+        where = self.extxyz_path if self.fmt == "extxyz" else self.out_dir
+        hint = f"{resume_hint}, or choose another --out" if resume_hint else "choose another --out"
+        raise ValueError(
+            f"{where} already holds {len(existing)} structures from an earlier run; {hint} "
+            "(or remove them): writing here would mix two runs"
+        )
+
     def _extxyz_frames(self) -> tuple[list[str], int]:
         """Info lines of the complete frames, and the byte length of those frames."""
         if not self.extxyz_path.exists():
@@ -220,6 +274,28 @@ class StructureWriter:
             with open(self.extxyz_path, "r+b") as handle:
                 handle.truncate(complete_bytes)
         return size - complete_bytes
+
+
+def _read_cif_structure(path: Path) -> Structure | None:
+    """A CIF written by :class:`StructureWriter` as a Structure, as written (no cell checks)."""
+    import warnings
+
+    from pymatgen.core import Lattice, Structure
+
+    from kldm_cli.data.readers import _parse_p1_cif
+
+    text = path.read_text(encoding="utf-8", errors="replace")
+    fast = _parse_p1_cif(text)
+    try:
+        if fast is not None:
+            lengths, angles, frac_coords, numbers = fast
+            lattice = Lattice.from_parameters(*lengths, *angles)
+            return Structure(lattice, [int(z) for z in numbers], frac_coords)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Structure.from_str(text, fmt="cif")
+    except Exception:  # noqa: BLE001  (pymatgen raises many kinds of errors on a bad cell)
+        return None
 
 
 def _sample_index_from_info(info_line: str) -> int | None:
