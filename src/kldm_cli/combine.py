@@ -211,7 +211,7 @@ def combine_csp_records(
     settings["targets"] = (
         f"{len(per_target)} of {data_info['num_records']} test rows, in {len(parts)} records"
     )
-    return {
+    combined = {
         "task": "csp",
         "created": _now(),
         "combined_from": names,
@@ -230,6 +230,35 @@ def combine_csp_records(
             for stage in ("reading", "sampling", "matching", "total")
         },
         "per_target": per_target,
+    }
+    if "ranked" in first:
+        combined["ranked"] = _combine_ranked(parts, names, per_target)
+    return combined
+
+
+def _combine_ranked(
+    parts: Sequence[dict[str, Any]], names: Sequence[str], per_target: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """The ``ranked`` section (``kldm evaluate csp --rank``) of the union of ``parts``: every
+    part must have one, with the settings of the first."""
+    from kldm_cli.ranked import ranked_metrics
+
+    first = parts[0]["ranked"]["settings"]
+    for part, name in zip(parts, names, strict=True):
+        if "ranked" not in part:
+            raise ValueError(f"{name} has no ranked search (--rank) but {names[0]} has")
+        if part["ranked"]["settings"] != first:
+            raise ValueError(f"{name} ranked its candidates with other settings than {names[0]}")
+    metrics = ranked_metrics([entry["search"] for entry in per_target])
+    sampling = sum(part["timing_s"]["sampling"] for part in parts)
+    metrics["sampling_seconds_per_composition"] = sampling / max(1, len(per_target))
+    return {
+        "metrics": metrics,
+        "settings": first,
+        "timing_s": {
+            stage: sum(part["ranked"]["timing_s"][stage] for part in parts)
+            for stage in ("search", "matching")
+        },
     }
 
 

@@ -196,3 +196,23 @@ def test_dng_chunks_still_need_a_base(tmp_path: Path) -> None:
     result = runner.invoke(app, ["evaluate", "combine", str(part), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "need the whole set's record" in " ".join(result.output.split())
+
+
+def test_ranked_chunks_combine_to_the_whole_ranked_run(tmp_path: Path, chgnet_model) -> None:
+    from kldm_cli.search import SearchSettings
+
+    data = write_csv(tmp_path / "test.csv", TARGETS, ids=IDS)
+    search = SearchSettings(candidates=2, screen=0, relax_steps=2)
+    options = dict(search=search, chgnet=chgnet_model)
+    record = evaluate(data, **options)
+    chunks = [evaluate(data, start=0, limit=2, **options), evaluate(data, start=2, **options)]
+    combined = combine_csp_records(chunks, part_names=["a", "b"])
+    whole, merged = record["ranked"]["metrics"], combined["ranked"]["metrics"]
+    for key in ("raw_mr_at_1", "raw_mr_at_k", "ranked_top_1", "ranked_top_3", "ranked_top_5"):
+        assert merged[key]["num_matched"] == whole[key]["num_matched"], key
+    assert merged["num_targets"] == 4
+    assert merged["raw_mr_at_k"]["num_matched"] == 3  # the fake model's three matches
+
+    chunks[1]["ranked"]["settings"]["screen"] = 7
+    with pytest.raises(ValueError, match="other settings"):
+        combine_csp_records(chunks, part_names=["a", "b"])
