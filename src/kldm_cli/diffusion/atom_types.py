@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kldm_cli.config import LatticeDiffusionConfig, TypeDiffusionConfig
+from kldm_cli.diffusion.reverse import StepContext, StepKind, step_function
 from kldm_cli.diffusion.vp_sde import VPSDE, randn_like
 
 __all__ = [
@@ -164,6 +165,28 @@ class AtomTypeProcess(torch.nn.Module):
         """
         del t01, dt01, prediction, tau, generator, batch_index, num_crystals
         return state
+
+    def reverse_step(
+        self,
+        kind: StepKind,
+        t01: Tensor,
+        dt01: float,
+        state: Tensor,
+        prediction: Tensor,
+        context: StepContext,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The sampler's interface (:mod:`kldm_cli.diffusion.reverse`): ``t01 [B]`` per crystal,
+        gathered per atom; ``kind`` picks :meth:`step` (EM), :meth:`step_predictor` or
+        :meth:`step_corrector` (pooled per crystal)."""
+        atom_t01 = t01[context.batch_index]
+        if kind == "corrector":
+            return self.step_corrector(
+                atom_t01, dt01, state, prediction, context.tau, generator,
+                batch_index=context.batch_index, num_crystals=context.num_crystals,
+            )  # fmt: skip
+        step = step_function(kind, self.step, self.step_predictor)
+        return step(atom_t01, dt01, state, prediction, generator)
 
     def decode(self, state: Tensor) -> Tensor:
         """Final mapping of a state to class indices ``[N]`` (long, in ``[0, K)``)."""

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kldm_cli.config import KineticLangevinConfig
+from kldm_cli.diffusion.reverse import StepContext, StepKind, step_function
 from kldm_cli.diffusion.vp_sde import randn_like
 from kldm_cli.diffusion.wrapped_normal import (
     wrap_unit,
@@ -470,6 +471,24 @@ class KineticLangevin(torch.nn.Module):
             velocity * self.position_scale + delta * score + torch.sqrt(2.0 * delta) * noise
         )
         return self._finish_step(frac_coords, new_velocity, h, batch_index, num_crystals)
+
+    def reverse_step(
+        self,
+        kind: StepKind,
+        t01: Tensor,
+        dt01: float,
+        state: tuple[Tensor, Tensor],
+        prediction: Tensor,
+        context: StepContext,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The sampler's interface (:mod:`kldm_cli.diffusion.reverse`): ``state`` is
+        ``(frac_coords, velocity)``; ``kind`` picks :meth:`step_em`, :meth:`step_predictor` or
+        :meth:`step_corrector`."""
+        args = (t01, dt01, *state, prediction, context.batch_index, context.num_crystals)
+        if kind == "corrector":
+            return self.step_corrector(*args, tau=context.tau, generator=generator)
+        return step_function(kind, self.step_em, self.step_predictor)(*args, generator=generator)
 
 
 def _validate(config: KineticLangevinConfig) -> None:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kldm_cli.config import LatticeDiffusionConfig
+from kldm_cli.diffusion.reverse import StepContext, StepKind, step_function
 
 __all__ = ["VPSDE", "randn_like"]
 
@@ -199,3 +200,23 @@ class VPSDE(torch.nn.Module):
         else:
             delta = tau / score.square().mean().clamp_min(_TINY)
         return x_t + delta * score + torch.sqrt(2.0 * delta) * randn_like(x_t, generator)
+
+    def reverse_step(
+        self,
+        kind: StepKind,
+        t01: Tensor,
+        dt01: float,
+        state: Tensor,
+        prediction: Tensor,
+        context: StepContext,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The sampler's interface (:mod:`kldm_cli.diffusion.reverse`) for rows with one time
+        each (the lattice: ``t01 [B]``, ``state [B, 6]``); the corrector pools its step size
+        over the whole tensor."""
+        if kind == "corrector":
+            return self.step_corrector(
+                t01, dt01, state, prediction, tau=context.tau, generator=generator
+            )
+        step = step_function(kind, self.step_em, self.step_predictor)
+        return step(t01, dt01, state, prediction, generator=generator)

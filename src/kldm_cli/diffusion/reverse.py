@@ -1,0 +1,62 @@
+"""The reverse-step interface shared by every process (positions, lattice, atom types).
+
+A sampler step is a sequence of *process steps* (:data:`StepKind`): ``"em"`` (one
+Euler–Maruyama / exponential-integrator step), ``"predictor"`` (the deterministic DDIM-type
+predictor of predictor–corrector sampling) and ``"corrector"`` (a Langevin corrector at fixed
+time). Every process answers all three through one method,
+
+    process.reverse_step(kind, t01, dt01, state, prediction, context, generator) -> state
+
+with ``t01 [B]`` one time per crystal (a process that lives on atoms gathers
+``t01[context.batch_index]`` itself), ``dt01 < 0``, ``state`` the process's own state (a tensor,
+or a tuple of tensors for the positions) and ``prediction`` the network's head for that process.
+The sampler loop (:mod:`kldm_cli.sampling`) therefore never needs to know which process it steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import Tensor
+
+__all__ = ["STEP_KINDS", "ReverseProcess", "StepContext", "StepKind", "step_function"]
+
+StepKind = Literal["em", "predictor", "corrector"]
+STEP_KINDS: tuple[StepKind, ...] = ("em", "predictor", "corrector")
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a process step may need besides its own state: the batch layout and ``tau``."""
+
+    batch_index: Tensor  # [N] crystal of each atom (long)
+    num_crystals: int  # B
+    tau: float = 0.25  # corrector step size (SamplerConfig.corrector_tau)
+
+
+class ReverseProcess(Protocol):
+    """Anything the sampler loop can step: the positions, the lattice, the atom types."""
+
+    def reverse_step(
+        self,
+        kind: StepKind,
+        t01: Tensor,
+        dt01: float,
+        state: Any,
+        prediction: Tensor,
+        context: StepContext,
+        generator: torch.Generator | None = None,
+    ) -> Any: ...
+
+
+def step_function(kind: str, em: Callable[..., Any], predictor: Callable[..., Any]) -> Callable:
+    """The EM or predictor step of a process for ``kind``; raises ``ValueError`` for anything
+    else (the corrector takes ``tau`` and is called by each process itself)."""
+    if kind == "em":
+        return em
+    if kind == "predictor":
+        return predictor
+    raise ValueError(f"Unknown process step {kind!r}; choose one of {', '.join(STEP_KINDS)}")
