@@ -3,7 +3,7 @@
 Both walk a time grid ``t01`` from 1 (prior) to ``t_min`` and update every process of
 :class:`~kldm_cli.model.KLDM` at each step, in one loop (:func:`run_reverse` with a
 :class:`ReverseStepper`) that knows the processes only through their common
-``reverse_step(kind, ...)`` (:mod:`kldm_cli.diffusion.reverse`):
+``reverse_step(step, state, prediction)`` (:mod:`kldm_cli.diffusion.reverse`):
 
 - ``em``: one network evaluation per step, then the ``"em"`` step of every process (the
   exponential integrator of the velocities/positions, Euler–Maruyama for the lattice VP-SDE and
@@ -43,7 +43,7 @@ from torch import Tensor
 from kldm_cli.config import SamplerConfig
 from kldm_cli.data.batch import batch_index_from_num_atoms, fully_connected_edges
 from kldm_cli.data.records import CrystalRecord
-from kldm_cli.diffusion.reverse import ReverseProcess, StepContext, StepKind
+from kldm_cli.diffusion.reverse import ReverseProcess, ReverseStep, StepContext, StepKind
 from kldm_cli.model import KLDM, SampleState
 from kldm_cli.nn import NetworkOutput
 from kldm_cli.nn.cspnet import EdgeGraph
@@ -239,11 +239,10 @@ class ReverseStepper:
         if generator is None:
             generator = self.generator
         for kind in self.kinds:
+            step = ReverseStep(kind, t01, dt, self.context, generator)
             predictions = self.predict(t01, states)
             states = {
-                name: process.reverse_step(
-                    kind, t01, dt, states[name], predictions[name], self.context, generator
-                )
+                name: process.reverse_step(step, states[name], predictions[name])
                 for name, process in self.processes.items()
             }
         return states

@@ -14,7 +14,7 @@ from tests.engine.test_sampling import tiny_model
 
 from kldm_cli.config import LatticeDiffusionConfig, SamplerConfig, TypeDiffusionConfig
 from kldm_cli.diffusion.atom_types import make_type_process
-from kldm_cli.diffusion.reverse import StepContext
+from kldm_cli.diffusion.reverse import ReverseStep, StepContext
 from kldm_cli.diffusion.vp_sde import VPSDE
 from kldm_cli.sampling import SAMPLER_STEPS, ReverseStepper, run_reverse, sample, time_grid
 
@@ -174,6 +174,7 @@ def test_reverse_step_rejects_an_unknown_kind():
     context = StepContext(torch.arange(2), 2)
     x = torch.zeros(2, 6)
     with pytest.raises(ValueError, match="Unknown process step 'leapfrog'"):
-        sde.reverse_step("leapfrog", torch.ones(2), -0.1, x, x, context)  # type: ignore[arg-type]
+        step = ReverseStep("leapfrog", torch.ones(2), -0.1, context)  # type: ignore[arg-type]
+        sde.reverse_step(step, x, x)
     with pytest.raises(ValueError, match="Unknown sampler"):
         ReverseStepper({"lattice": sde}, lambda t01, s: {"lattice": x}, "ode", context)

@@ -5,11 +5,17 @@
 - :mod:`~kldm_cli.diffusion.atom_types`: one-hot, analog-bit and masking atom types (DNG);
 - :mod:`~kldm_cli.diffusion.wrapped_normal`: wrapped-normal score and wrapping helpers;
 - :mod:`~kldm_cli.diffusion.reverse`: the one reverse-step interface they all implement
-  (``reverse_step(kind, t01, dt01, state, prediction, context, generator)``).
+  (``reverse_step(step, state, prediction)``).
 """
 
 from kldm_cli.diffusion.kinetic_langevin import KernelCoefficients, KineticLangevin, mean_free
-from kldm_cli.diffusion.reverse import STEP_KINDS, ReverseProcess, StepContext, StepKind
+from kldm_cli.diffusion.reverse import (
+    STEP_KINDS,
+    ReverseProcess,
+    ReverseStep,
+    StepContext,
+    StepKind,
+)
 from kldm_cli.diffusion.vp_sde import VPSDE, randn_like
 from kldm_cli.diffusion.wrapped_normal import (
     wrap_centered,
@@ -26,6 +32,7 @@ __all__ = [
     "KernelCoefficients",
     "KineticLangevin",
     "ReverseProcess",
+    "ReverseStep",
     "StepContext",
     "StepKind",
     "mean_free",

@@ -5,11 +5,12 @@ Euler–Maruyama / exponential-integrator step), ``"predictor"`` (the determinis
 predictor of predictor–corrector sampling) and ``"corrector"`` (a Langevin corrector at fixed
 time). Every process answers all three through one method,
 
-    process.reverse_step(kind, t01, dt01, state, prediction, context, generator) -> state
+    process.reverse_step(step: ReverseStep, state, prediction) -> state
 
-with ``t01 [B]`` one time per crystal (a process that lives on atoms gathers
-``t01[context.batch_index]`` itself), ``dt01 < 0``, ``state`` the process's own state (a tensor,
-or a tuple of tensors for the positions) and ``prediction`` the network's head for that process.
+with :class:`ReverseStep` saying which kind of step, from ``t01 [B]`` (one time per crystal) to
+``t01 + dt01`` (``dt01 < 0``), in which batch and with which generator; ``state`` is the
+process's own state (a tensor, or a tuple of tensors for the positions) and ``prediction`` the
+network's head for that process.
 The sampler loop (:mod:`kldm_cli.sampling`) therefore never needs to know which process it steps.
 """
 
@@ -22,7 +23,14 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor
 
-__all__ = ["STEP_KINDS", "ReverseProcess", "StepContext", "StepKind", "step_function"]
+__all__ = [
+    "STEP_KINDS",
+    "ReverseProcess",
+    "ReverseStep",
+    "StepContext",
+    "StepKind",
+    "step_function",
+]
 
 StepKind = Literal["em", "predictor", "corrector"]
 STEP_KINDS: tuple[StepKind, ...] = ("em", "predictor", "corrector")
@@ -30,26 +38,30 @@ STEP_KINDS: tuple[StepKind, ...] = ("em", "predictor", "corrector")
 
 @dataclass(frozen=True)
 class StepContext:
-    """What a process step may need besides its own state: the batch layout and ``tau``."""
+    """What stays fixed over a sampling run: the batch layout and the corrector's ``tau``."""
 
     batch_index: Tensor  # [N] crystal of each atom (long)
     num_crystals: int  # B
     tau: float = 0.25  # corrector step size (SamplerConfig.corrector_tau)
 
 
+@dataclass(frozen=True)
+class ReverseStep:
+    """One process step: which kind, from ``t01`` to ``t01 + dt01``, in which batch, drawing
+    with ``generator``. ``t01`` has one time per crystal (``[B]``); a process that lives on
+    atoms gathers ``t01[context.batch_index]`` itself."""
+
+    kind: StepKind
+    t01: Tensor
+    dt01: float
+    context: StepContext
+    generator: torch.Generator | None = None
+
+
 class ReverseProcess(Protocol):
     """Anything the sampler loop can step: the positions, the lattice, the atom types."""
 
-    def reverse_step(
-        self,
-        kind: StepKind,
-        t01: Tensor,
-        dt01: float,
-        state: Any,
-        prediction: Tensor,
-        context: StepContext,
-        generator: torch.Generator | None = None,
-    ) -> Any: ...
+    def reverse_step(self, step: ReverseStep, state: Any, prediction: Tensor) -> Any: ...
 
 
 def step_function(kind: str, em: Callable[..., Any], predictor: Callable[..., Any]) -> Callable:
