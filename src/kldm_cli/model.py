@@ -14,6 +14,7 @@ The processes never see the network and vice versa; this module is where they me
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +25,10 @@ from kldm_cli.data.batch import CrystalBatch
 from kldm_cli.data.lattice import LatticeTransform
 from kldm_cli.diffusion.atom_types import AtomTypeProcess, make_type_process
 from kldm_cli.diffusion.kinetic_langevin import KineticLangevin
+from kldm_cli.diffusion.reverse import ReverseProcess
 from kldm_cli.diffusion.vp_sde import VPSDE
 from kldm_cli.nn import CSPNet, NetworkOutput
+from kldm_cli.nn.cspnet import EdgeGraph
 
 
 @dataclass
@@ -104,6 +107,42 @@ class KLDM(torch.nn.Module):
     def network_dtype(self) -> torch.dtype:
         return next(self.network.parameters()).dtype
 
+    # ------------------------------------------------------------------ processes
+    def processes(self) -> dict[str, ReverseProcess]:
+        """The processes the sampler steps, by name, in the order they draw random numbers:
+        ``positions`` (state ``(frac_coords, velocity)``), ``lattice`` and, DNG only, ``types``."""
+        processes: dict[str, ReverseProcess] = {
+            "positions": self.positions,
+            "lattice": self.lattice,
+        }
+        if self.types is not None:
+            processes["types"] = self.types
+        return processes
+
+    def process_states(self, state: SampleState) -> dict[str, Any]:
+        """:class:`SampleState` → the state of each process of :meth:`processes`."""
+        states: dict[str, Any] = {
+            "positions": (state.frac_coords, state.velocity),
+            "lattice": state.lattice_params,
+        }
+        if self.types is not None:
+            states["types"] = state.type_state
+        return states
+
+    @staticmethod
+    def sample_state(states: dict[str, Any]) -> SampleState:
+        """Inverse of :meth:`process_states`."""
+        frac_coords, velocity = states["positions"]
+        return SampleState(frac_coords, velocity, states["lattice"], states.get("types"))
+
+    @staticmethod
+    def process_predictions(out: NetworkOutput) -> dict[str, Tensor]:
+        """The network's heads by process name (the ``prediction`` of each reverse step)."""
+        predictions = {"positions": out.velocity, "lattice": out.lattice}
+        if out.types is not None:
+            predictions["types"] = out.types
+        return predictions
+
     # ------------------------------------------------------------------ network
     def predict(
         self,
@@ -113,17 +152,28 @@ class KLDM(torch.nn.Module):
         batch_index: Tensor,
         edge_index: Tensor,
         num_crystals: int,
+        *,
+        node_features: Tensor | None = None,
+        graph: EdgeGraph | None = None,
     ) -> NetworkOutput:
-        """One network evaluation on the noisy state at time ``t01`` [B]."""
+        """One network evaluation on the noisy state at time ``t01`` [B] — the only place the
+        network is called, in training and in sampling.
+
+        ``node_features`` and ``graph`` may be given when they are fixed for a whole run (the
+        sampler prepares them once per batch).
+        """
+        if node_features is None:
+            node_features = self.node_features(type_index, state.type_state)
         return self.network(
             t01=t01,
-            node_features=self.node_features(type_index, state.type_state),
+            node_features=node_features,
             frac_coords=state.frac_coords,
             velocity=state.velocity,
             lattice_params=state.lattice_params,
             batch_index=batch_index,
             edge_index=edge_index,
             num_crystals=num_crystals,
+            graph=graph,
         )
 
     # ------------------------------------------------------------------ training

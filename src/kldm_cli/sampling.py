@@ -1,12 +1,20 @@
 """Reverse-process samplers: Euler–Maruyama (exponential integrator) and predictor–corrector.
 
-Both walk a time grid ``t01`` from 1 (prior) to ``t_min`` and update every modality of
-:class:`~kldm_cli.model.KLDM` at each step:
+Both walk a time grid ``t01`` from 1 (prior) to ``t_min`` and update every process of
+:class:`~kldm_cli.model.KLDM` at each step, in one loop (:func:`run_reverse` with a
+:class:`ReverseStepper`) that knows the processes only through their common
+``reverse_step(step, state, prediction)`` (:mod:`kldm_cli.diffusion.reverse`):
 
-- ``em``: one network evaluation per step, then the exponential-integrator step of the
-  velocities/positions, the lattice VP-SDE and (DNG) the atom types;
-- ``pc``: a Langevin corrector step (step size ``tau``) at time t, then a predictor step —
-  two network evaluations per step, as in the paper's KLDM (PC) rows.
+- ``em``: one network evaluation per step, then the ``"em"`` step of every process (the
+  exponential integrator of the velocities/positions, Euler–Maruyama for the lattice VP-SDE and
+  continuous atom types, the unmasking step of masked types);
+- ``pc``: a network evaluation and the ``"corrector"`` step (Langevin, step size ``tau``) at
+  time t, then a second evaluation and the ``"predictor"`` step (DDIM-type for the positions,
+  the lattice and continuous types; unmasking for masked types) — two network evaluations per
+  step, as in the paper's KLDM (PC) rows.
+
+The network is evaluated in one place, :meth:`~kldm_cli.model.KLDM.predict` (through
+:class:`_Evaluator`, which prepares what is fixed for the batch).
 
 The grid is uniform by default; ``SamplerConfig.time_grid = "power[:ρ]"`` concentrates the steps
 near the data end (see :func:`time_grid`).
@@ -25,8 +33,9 @@ Engine (what makes a step cheap; ``benchmarks/bench_sampling.py`` measures it):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,6 +43,7 @@ from torch import Tensor
 from kldm_cli.config import SamplerConfig
 from kldm_cli.data.batch import batch_index_from_num_atoms, fully_connected_edges
 from kldm_cli.data.records import CrystalRecord
+from kldm_cli.diffusion.reverse import ReverseProcess, ReverseStep, StepContext, StepKind
 from kldm_cli.model import KLDM, SampleState
 from kldm_cli.nn import NetworkOutput
 from kldm_cli.nn.cspnet import EdgeGraph
@@ -141,7 +151,9 @@ class _Evaluator:
     """One network evaluation on a batch whose graph and (CSP) node features are fixed.
 
     Everything that does not depend on the noisy state is prepared once here and reused by
-    every evaluation of the run (both evaluations of a PC step included).
+    every evaluation of the run (both evaluations of a PC step included). Called with the
+    state of each process, it returns the prediction for each process (what
+    :class:`ReverseStepper` needs); the network itself is called by :meth:`KLDM.predict`.
     """
 
     def __init__(
@@ -162,27 +174,18 @@ class _Evaluator:
         # CSP: the composition is given, so the node features never change.
         self.node_features = model.node_features(type_index, None) if model.types is None else None
 
-    def __call__(self, t01: Tensor, state: SampleState) -> NetworkOutput:
-        node_features = self.node_features
-        if node_features is None:
-            node_features = self.model.node_features(None, state.type_state)
+    def __call__(self, t01: Tensor, states: dict[str, Any]) -> dict[str, Tensor]:
+        state = self.model.sample_state(states)
         autocast = (
             torch.autocast(device_type="cuda", dtype=torch.bfloat16, cache_enabled=False)
             if self.bf16
             else contextlib.nullcontext()
         )
         with autocast:
-            out = self.model.network(
-                t01=t01,
-                node_features=node_features,
-                frac_coords=state.frac_coords,
-                velocity=state.velocity,
-                lattice_params=state.lattice_params,
-                batch_index=self.batch_index,
-                edge_index=self.edge_index,
-                num_crystals=self.num_crystals,
-                graph=self.graph,
-            )
+            out = self.model.predict(
+                t01, state, None, self.batch_index, self.edge_index, self.num_crystals,
+                node_features=self.node_features, graph=self.graph,
+            )  # fmt: skip
         if self.bf16:
             dtype = state.frac_coords.dtype
             out = NetworkOutput(
@@ -190,7 +193,86 @@ class _Evaluator:
                 lattice=out.lattice.to(dtype),
                 types=None if out.types is None else out.types.float(),
             )
-        return out
+        return self.model.process_predictions(out)
+
+
+# ---------------------------------------------------------------------- the sampler loop
+#: The process steps of one sampler step, in order: EM is one exponential-integrator /
+#: Euler–Maruyama step; PC a Langevin corrector at t, then the predictor from t to t + dt.
+SAMPLER_STEPS: dict[str, tuple[StepKind, ...]] = {
+    "em": ("em",),
+    "pc": ("corrector", "predictor"),
+}
+
+#: ``predict(t01 [B], states) -> predictions``: one network evaluation, by process name.
+Predict = Callable[[Tensor, dict[str, Any]], Mapping[str, Tensor]]
+
+
+class ReverseStepper:
+    """One sampler step ``x_t → x_{t+dt}`` over any set of processes.
+
+    For every process step of the sampler (:data:`SAMPLER_STEPS`): one call of ``predict``,
+    then every process takes that step through its ``reverse_step`` (in the order of
+    ``processes``, which fixes the order of random draws).
+    """
+
+    def __init__(
+        self,
+        processes: Mapping[str, ReverseProcess],
+        predict: Predict,
+        method: str,
+        context: StepContext,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if method not in SAMPLER_STEPS:
+            raise ValueError(f"Unknown sampler {method!r}; choose pc or em")
+        self.processes, self.predict, self.context = dict(processes), predict, context
+        self.kinds, self.generator = SAMPLER_STEPS[method], generator
+
+    def __call__(
+        self,
+        t01: Tensor,
+        dt: float,
+        states: dict[str, Any],
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Any]:
+        if generator is None:
+            generator = self.generator
+        for kind in self.kinds:
+            step = ReverseStep(kind, t01, dt, self.context, generator)
+            predictions = self.predict(t01, states)
+            states = {
+                name: process.reverse_step(step, states[name], predictions[name])
+                for name, process in self.processes.items()
+            }
+        return states
+
+
+def run_reverse(
+    step: ReverseStepper,
+    states: dict[str, Any],
+    grid: Tensor,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+) -> dict[str, Any]:
+    """The sampler loop: walk ``grid`` (from 1 down to t_min) with ``step``.
+
+    ``t01`` is one time per crystal (``[B]``, ``dtype``, default the default dtype) on the device
+    of the batch; ``dt`` is the (negative) grid step as a float.
+    """
+    num_steps = grid.numel() - 1
+    times, steps = grid.tolist(), (grid[1:] - grid[:-1]).tolist()
+    context = step.context
+    for index in range(num_steps):
+        t01 = torch.full(
+            (context.num_crystals,), times[index], device=context.batch_index.device,
+            dtype=dtype or torch.get_default_dtype(),
+        )  # fmt: skip
+        states = step(t01, steps[index], states)
+        if progress is not None:
+            progress(index + 1, num_steps)
+    return states
 
 
 # ---------------------------------------------------------------------- sampling
@@ -233,19 +315,14 @@ def sample(
     batch_index, edge_index = batch_index.to(device), edge_index.to(device)
     evaluate = _Evaluator(model, type_index, batch_index, edge_index, num_crystals, bf16)
     grid = time_grid(sampler.num_steps, model.config.train.t_min, kind=sampler.time_grid)
-    step_fn = _StepFunction(model, evaluate, sampler, generator)
+    context = StepContext(batch_index, num_crystals, tau=sampler.corrector_tau)
+    step = ReverseStepper(model.processes(), evaluate, sampler.method, context, generator)
+    states = model.process_states(state)
     if cuda_graph:
-        state = _run_cuda_graph(step_fn, state, grid, progress)
+        states = _run_cuda_graph(step, states, grid, progress)
     else:
-        times, steps = grid.tolist(), (grid[1:] - grid[:-1]).tolist()
-        for step in range(sampler.num_steps):
-            t01 = torch.full(
-                (num_crystals,), times[step], device=device, dtype=state.frac_coords.dtype
-            )
-            state = step_fn(t01, steps[step], state)
-            if progress is not None:
-                progress(step + 1, sampler.num_steps)
-    return _finalize(model, state, type_index, num_atoms)
+        states = run_reverse(step, states, grid, progress, dtype=state.frac_coords.dtype)
+    return _finalize(model, model.sample_state(states), type_index, num_atoms)
 
 
 def _check_engine_options(
@@ -257,7 +334,7 @@ def _check_engine_options(
     bf16: bool,
 ) -> None:
     parse_time_grid(sampler.time_grid)
-    if sampler.method not in ("pc", "em"):
+    if sampler.method not in SAMPLER_STEPS:
         raise ValueError(f"Unknown sampler {sampler.method!r}; choose pc or em")
     if (cuda_graph or bf16) and (device.type != "cuda" or not torch.cuda.is_available()):
         flag = "cuda_graph" if cuda_graph else "bf16"
@@ -275,133 +352,49 @@ def _check_engine_options(
         )
 
 
-class _StepFunction:
-    """One sampler step ``x_t → x_{t+dt}`` (corrector, then predictor for ``pc``)."""
-
-    def __init__(
-        self,
-        model: KLDM,
-        evaluate: _Evaluator,
-        sampler: SamplerConfig,
-        generator: torch.Generator | None,
-    ) -> None:
-        self.model, self.evaluate, self.sampler, self.generator = (
-            model,
-            evaluate,
-            sampler,
-            generator,
-        )
-
-    def __call__(
-        self,
-        t01: Tensor,
-        dt: float,
-        state: SampleState,
-        generator: torch.Generator | None = None,
-    ) -> SampleState:
-        if generator is None:
-            generator = self.generator
-        if self.sampler.method == "pc":
-            state = _corrector_step(
-                self.model, self.evaluate, t01, dt, state, self.sampler, generator
-            )
-        return _predictor_step(self.model, self.evaluate, t01, dt, state, self.sampler, generator)
-
-
-def _predictor_step(
-    model: KLDM,
-    evaluate: _Evaluator,
-    t01: Tensor,
-    dt: float,
-    state: SampleState,
-    sampler: SamplerConfig,
-    generator: torch.Generator | None,
-) -> SampleState:
-    num_crystals, batch_index = t01.numel(), evaluate.batch_index
-    out = evaluate(t01, state)
-    if sampler.method == "pc":
-        positions_step, lattice_step = model.positions.step_predictor, model.lattice.step_predictor
-    else:
-        positions_step, lattice_step = model.positions.step_em, model.lattice.step_em
-    frac_coords, velocity = positions_step(
-        t01, dt, state.frac_coords, state.velocity, out.velocity, batch_index, num_crystals,
-        generator=generator,
-    )  # fmt: skip
-    lattice_params = lattice_step(t01, dt, state.lattice_params, out.lattice, generator=generator)
-    type_state = state.type_state
-    if model.types is not None:
-        type_state = model.types.step(
-            t01[batch_index], dt, type_state, out.types, generator=generator
-        )
-    return SampleState(frac_coords, velocity, lattice_params, type_state)
-
-
-def _corrector_step(
-    model: KLDM,
-    evaluate: _Evaluator,
-    t01: Tensor,
-    dt: float,
-    state: SampleState,
-    sampler: SamplerConfig,
-    generator: torch.Generator | None,
-) -> SampleState:
-    num_crystals, batch_index = t01.numel(), evaluate.batch_index
-    tau = sampler.corrector_tau
-    out = evaluate(t01, state)
-    frac_coords, velocity = model.positions.step_corrector(
-        t01, dt, state.frac_coords, state.velocity, out.velocity, batch_index, num_crystals,
-        tau=tau, generator=generator,
-    )  # fmt: skip
-    lattice_params = model.lattice.step_corrector(
-        t01, dt, state.lattice_params, out.lattice, tau=tau, generator=generator
-    )
-    type_state = state.type_state
-    corrector = getattr(model.types, "step_corrector", None)
-    if corrector is not None:
-        type_state = corrector(
-            t01[batch_index], dt, type_state, out.types, tau=tau, generator=generator,
-            batch_index=batch_index, num_crystals=num_crystals,
-        )  # fmt: skip
-    return SampleState(frac_coords, velocity, lattice_params, type_state)
-
-
 # ---------------------------------------------------------------------- CUDA graph
+def _tensors(states: dict[str, Any]) -> list[Tensor]:
+    """Every tensor of the process states, in a fixed order."""
+    flat: list[Tensor] = []
+    for value in states.values():
+        flat.extend(value if isinstance(value, tuple) else (value,))
+    return flat
+
+
+def _clone(states: dict[str, Any]) -> dict[str, Any]:
+    return {
+        name: tuple(x.clone() for x in value) if isinstance(value, tuple) else value.clone()
+        for name, value in states.items()
+    }
+
+
 class _StaticStep:
     """A sampler step on fixed buffers: reads ``t01`` and the state from them and writes the new
     state back in place, so the same memory serves every step (what a CUDA graph replays)."""
 
-    def __init__(self, step_fn: _StepFunction, state: SampleState, dt: float) -> None:
-        self.step_fn, self.dt = step_fn, dt
-        self.t01 = torch.empty(
-            step_fn.evaluate.num_crystals, device=state.frac_coords.device,
-            dtype=state.frac_coords.dtype,
-        )  # fmt: skip
-        self.state = SampleState(
-            state.frac_coords.clone(), state.velocity.clone(), state.lattice_params.clone(), None
-        )
+    def __init__(self, step: ReverseStepper, states: dict[str, Any], dt: float) -> None:
+        self.step, self.dt = step, dt
+        like = _tensors(states)[0]
+        self.t01 = torch.empty(step.context.num_crystals, device=like.device, dtype=like.dtype)
+        self.states = _clone(states)
 
-    def load(self, state: SampleState) -> None:
-        self.state.frac_coords.copy_(state.frac_coords)
-        self.state.velocity.copy_(state.velocity)
-        self.state.lattice_params.copy_(state.lattice_params)
+    def load(self, states: dict[str, Any]) -> None:
+        for buffer, value in zip(_tensors(self.states), _tensors(states), strict=True):
+            buffer.copy_(value)
 
     def __call__(self, generator: torch.Generator | None = None) -> None:
-        new = self.step_fn(self.t01, self.dt, self.state, generator)
-        self.load(new)
+        self.load(self.step(self.t01, self.dt, self.states, generator))
 
-    def result(self) -> SampleState:
-        return SampleState(
-            self.state.frac_coords.clone(), self.state.velocity.clone(),
-            self.state.lattice_params.clone(), None,
-        )  # fmt: skip
+    def result(self) -> dict[str, Any]:
+        return _clone(self.states)
 
 
 def _run_cuda_graph(
-    step_fn: _StepFunction,
-    state: SampleState,
+    step: ReverseStepper,
+    states: dict[str, Any],
     grid: Tensor,
     progress: Callable[[int, int], None] | None,
-) -> SampleState:
+) -> dict[str, Any]:
     """Capture one step in a CUDA graph, then replay it once per grid step.
 
     Only the uniform grid is allowed (checked before), so ``dt`` is the same at every step and
@@ -413,8 +406,8 @@ def _run_cuda_graph(
     times = grid.tolist()
     num_steps = len(times) - 1
     dt = (times[-1] - times[0]) / num_steps
-    static = _StaticStep(step_fn, state, dt)
-    device = state.frac_coords.device
+    static = _StaticStep(step, states, dt)
+    device = static.t01.device
     warmup_generator = torch.Generator(device=device).manual_seed(0)
     side_stream = torch.cuda.Stream(device=device)
     side_stream.wait_stream(torch.cuda.current_stream(device))
@@ -423,20 +416,20 @@ def _run_cuda_graph(
         for _ in range(2):
             static(warmup_generator)
     torch.cuda.current_stream(device).wait_stream(side_stream)
-    static.load(state)
+    static.load(states)
     graph = torch.cuda.CUDAGraph()
-    generator = step_fn.generator
+    generator = step.generator
     if generator is not None:
         if not hasattr(graph, "register_generator_state"):
             raise ValueError("this torch cannot register a generator with a CUDA graph (< 2.5)")
         graph.register_generator_state(generator)
     with torch.cuda.graph(graph):
         static()
-    for step in range(num_steps):
-        static.t01.fill_(times[step])
+    for index in range(num_steps):
+        static.t01.fill_(times[index])
         graph.replay()
         if progress is not None:
-            progress(step + 1, num_steps)
+            progress(index + 1, num_steps)
     return static.result()
 
 

@@ -17,6 +17,8 @@ from kldm_cli.diffusion.atom_types import (
     OneHotDiffusion,
     make_type_process,
 )
+from kldm_cli.diffusion.reverse import StepContext
+from kldm_cli.sampling import ReverseStepper, run_reverse
 
 T_MIN = 1e-3
 ATOMS_PER_CRYSTAL = 12
@@ -58,25 +60,22 @@ def oracle_prediction(process: AtomTypeProcess, type_index: torch.Tensor) -> tor
 
 
 def run_sampler(process, num_atoms, predict, *, num_steps, generator, method="em", t_end=T_MIN):
-    """The samplers' loop (docs/CONTRACTS.md): a t01 grid from 1 to t_end, dt01 < 0.
+    """The library's sampler loop (:func:`kldm_cli.sampling.run_reverse`) on this one process,
+    on a t01 grid from 1 to t_end; ``predict(state, t01)`` gets one time per atom.
 
     Atoms are grouped into crystals of ATOMS_PER_CRYSTAL (the last one may be smaller).
     """
     grid = torch.linspace(1.0, t_end, num_steps + 1)
     batch_index = torch.arange(num_atoms) // ATOMS_PER_CRYSTAL
-    state = process.prior(num_atoms, generator)
-    for i in range(num_steps):
-        t01 = grid[i].expand(num_atoms)
-        dt01 = float(grid[i + 1] - grid[i])
-        if method == "pc":
-            prediction = predict(state, t01)
-            state = process.step_corrector(
-                t01, dt01, state, prediction, 0.25, generator, batch_index=batch_index
-            )
-            state = process.step_predictor(t01, dt01, state, predict(state, t01), generator)
-        else:
-            state = process.step(t01, dt01, state, predict(state, t01), generator)
-    return state
+    context = StepContext(batch_index, int(batch_index[-1]) + 1, tau=0.25)
+    step = ReverseStepper(
+        {"types": process},
+        lambda t01, states: {"types": predict(states["types"], t01[batch_index])},
+        method,
+        context,
+        generator,
+    )
+    return run_reverse(step, {"types": process.prior(num_atoms, generator)}, grid)["types"]
 
 
 # ---------------------------------------------------------------------------- construction

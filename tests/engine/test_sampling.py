@@ -15,12 +15,13 @@ from kldm_cli.config import (
 )
 from kldm_cli.data.batch import batch_index_from_num_atoms, fully_connected_edges
 from kldm_cli.diffusion.atom_types import make_type_process
+from kldm_cli.diffusion.reverse import StepContext
 from kldm_cli.model import KLDM
 from kldm_cli.nn.cspnet import EdgeGraph, pair_edges
 from kldm_cli.sampling import (
+    ReverseStepper,
     _Evaluator,
     _StaticStep,
-    _StepFunction,
     batch_generator,
     parse_time_grid,
     physical_cores,
@@ -258,13 +259,15 @@ def test_static_step_buffers_reproduce_the_eager_loop():
         len(num_atoms),
     )  # fmt: skip
     grid = time_grid(sampler.num_steps).tolist()
-    static = _StaticStep(_StepFunction(model, evaluate, sampler, generator), state, 0.0)
+    context = StepContext(batch_index, len(num_atoms), tau=sampler.corrector_tau)
+    stepper = ReverseStepper(model.processes(), evaluate, sampler.method, context, generator)
+    static = _StaticStep(stepper, model.process_states(state), 0.0)
     with torch.inference_mode():
         for step in range(sampler.num_steps):
             static.t01.fill_(grid[step])
             static.dt = grid[step + 1] - grid[step]
             static()
-    result = static.result()
+    result = model.sample_state(static.result())
     coords = torch.remainder(result.frac_coords.double() - expected.frac_coords + 0.5, 1.0) - 0.5
     assert coords.abs().max() < 1e-6
 

@@ -2,10 +2,20 @@
 
 - :mod:`~kldm_cli.diffusion.kinetic_langevin`: fractional coordinates + velocities (KLDM);
 - :mod:`~kldm_cli.diffusion.vp_sde`: VP-SDE for the lattice (and continuous atom types);
-- :mod:`~kldm_cli.diffusion.wrapped_normal`: wrapped-normal score and wrapping helpers.
+- :mod:`~kldm_cli.diffusion.atom_types`: one-hot, analog-bit and masking atom types (DNG);
+- :mod:`~kldm_cli.diffusion.wrapped_normal`: wrapped-normal score and wrapping helpers;
+- :mod:`~kldm_cli.diffusion.reverse`: the one reverse-step interface they all implement
+  (``reverse_step(step, state, prediction)``).
 """
 
 from kldm_cli.diffusion.kinetic_langevin import KernelCoefficients, KineticLangevin, mean_free
+from kldm_cli.diffusion.reverse import (
+    STEP_KINDS,
+    ReverseProcess,
+    ReverseStep,
+    StepContext,
+    StepKind,
+)
 from kldm_cli.diffusion.vp_sde import VPSDE, randn_like
 from kldm_cli.diffusion.wrapped_normal import (
     wrap_centered,
@@ -17,9 +27,14 @@ from kldm_cli.diffusion.wrapped_normal import (
 )
 
 __all__ = [
+    "STEP_KINDS",
     "VPSDE",
     "KernelCoefficients",
     "KineticLangevin",
+    "ReverseProcess",
+    "ReverseStep",
+    "StepContext",
+    "StepKind",
     "mean_free",
     "randn_like",
     "wrap_centered",

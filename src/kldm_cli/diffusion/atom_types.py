@@ -27,6 +27,7 @@ random draw goes through the ``generator`` argument. No process imports the netw
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kldm_cli.config import LatticeDiffusionConfig, TypeDiffusionConfig
+from kldm_cli.diffusion.reverse import ReverseStep, step_function
 from kldm_cli.diffusion.vp_sde import VPSDE, randn_like
 
 __all__ = [
@@ -165,6 +167,20 @@ class AtomTypeProcess(torch.nn.Module):
         del t01, dt01, prediction, tau, generator, batch_index, num_crystals
         return state
 
+    def reverse_step(self, step: ReverseStep, state: Tensor, prediction: Tensor) -> Tensor:
+        """The sampler's interface (:mod:`kldm_cli.diffusion.reverse`): ``step.t01 [B]`` per
+        crystal, gathered per atom; ``step.kind`` picks :meth:`step` (EM),
+        :meth:`step_predictor` or :meth:`step_corrector` (pooled per crystal)."""
+        context = step.context
+        args = (step.t01[context.batch_index], step.dt01, state, prediction)
+        if step.kind == "corrector":
+            return self.step_corrector(
+                *args, context.tau, step.generator,
+                batch_index=context.batch_index, num_crystals=context.num_crystals,
+            )  # fmt: skip
+        em_or_predictor = step_function(step.kind, self.step, self.step_predictor)
+        return em_or_predictor(*args, step.generator)
+
     def decode(self, state: Tensor) -> Tensor:
         """Final mapping of a state to class indices ``[N]`` (long, in ``[0, K)``)."""
         raise NotImplementedError
@@ -257,8 +273,7 @@ class _ContinuousTypeDiffusion(AtomTypeProcess):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Euler–Maruyama step of the reverse SDE (:meth:`VPSDE.step_em`)."""
-        self._check_prediction(prediction, state.shape[0])
-        return self.sde.step_em(t01, dt01, state, self.x0_estimate(prediction), generator)
+        return self._sde_step(self.sde.step_em, t01, dt01, state, prediction, generator)
 
     def step_predictor(
         self,
@@ -269,8 +284,14 @@ class _ContinuousTypeDiffusion(AtomTypeProcess):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Deterministic DDIM predictor (:meth:`VPSDE.step_predictor`), as the reference's PC."""
+        return self._sde_step(self.sde.step_predictor, t01, dt01, state, prediction, generator)
+
+    def _sde_step(
+        self, sde_step: Callable[..., Tensor], t01: Tensor, dt01: float, state: Tensor,
+        prediction: Tensor, generator: torch.Generator | None,
+    ) -> Tensor:  # fmt: skip
         self._check_prediction(prediction, state.shape[0])
-        return self.sde.step_predictor(t01, dt01, state, self.x0_estimate(prediction), generator)
+        return sde_step(t01, dt01, state, self.x0_estimate(prediction), generator)
 
     def step_corrector(
         self,

@@ -39,11 +39,11 @@ import math
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from kldm_cli.config import KineticLangevinConfig
-from kldm_cli.diffusion.vp_sde import randn_like
+from kldm_cli.diffusion.reverse import ReverseStep, step_function
+from kldm_cli.diffusion.vp_sde import checked_mse, randn_like
 from kldm_cli.diffusion.wrapped_normal import (
     wrap_unit,
     wrapped_normal_score,
@@ -299,11 +299,7 @@ class KineticLangevin(torch.nn.Module):
 
     def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
         """Mean squared error between the network's velocity output and the target."""
-        if prediction.shape != target.shape:
-            raise ValueError(
-                f"prediction shape {tuple(prediction.shape)} != target shape {tuple(target.shape)}"
-            )
-        return F.mse_loss(prediction, target)
+        return checked_mse(prediction, target)
 
     # ------------------------------------------------------------------ sampling
     def velocity_score(
@@ -470,6 +466,19 @@ class KineticLangevin(torch.nn.Module):
             velocity * self.position_scale + delta * score + torch.sqrt(2.0 * delta) * noise
         )
         return self._finish_step(frac_coords, new_velocity, h, batch_index, num_crystals)
+
+    def reverse_step(
+        self, step: ReverseStep, state: tuple[Tensor, Tensor], prediction: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The sampler's interface (:mod:`kldm_cli.diffusion.reverse`): ``state`` is
+        ``(frac_coords, velocity)``; ``step.kind`` picks :meth:`step_em`, :meth:`step_predictor`
+        or :meth:`step_corrector`."""
+        context = step.context
+        args = (step.t01, step.dt01, *state, prediction, context.batch_index, context.num_crystals)
+        if step.kind == "corrector":
+            return self.step_corrector(*args, tau=context.tau, generator=step.generator)
+        em_or_predictor = step_function(step.kind, self.step_em, self.step_predictor)
+        return em_or_predictor(*args, generator=step.generator)
 
 
 def _validate(config: KineticLangevinConfig) -> None:

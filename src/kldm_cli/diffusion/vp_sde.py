@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kldm_cli.config import LatticeDiffusionConfig
+from kldm_cli.diffusion.reverse import ReverseStep, step_function
 
-__all__ = ["VPSDE", "randn_like"]
+__all__ = ["VPSDE", "checked_mse", "randn_like"]
 
 #: Floor for σ² and for the corrector's mean squared score, so that t01 = 0 or an all-zero
 #: score gives finite numbers instead of NaN.
@@ -37,6 +38,15 @@ def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     device = generator.device if generator is not None else x.device
     noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
     return noise.to(x.device)
+
+
+def checked_mse(prediction: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error; raises ``ValueError`` naming both shapes if they differ."""
+    if prediction.shape != target.shape:
+        raise ValueError(
+            f"prediction shape {tuple(prediction.shape)} != target shape {tuple(target.shape)}"
+        )
+    return F.mse_loss(prediction, target)
 
 
 def _per_row(value: Tensor, like: Tensor) -> Tensor:
@@ -108,11 +118,7 @@ class VPSDE(torch.nn.Module):
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         """Mean squared error between the x₀ prediction and the target."""
-        if pred.shape != target.shape:
-            raise ValueError(
-                f"prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}"
-            )
-        return F.mse_loss(pred, target)
+        return checked_mse(pred, target)
 
     # ------------------------------------------------------------------ sampling
     def prior(
@@ -199,3 +205,13 @@ class VPSDE(torch.nn.Module):
         else:
             delta = tau / score.square().mean().clamp_min(_TINY)
         return x_t + delta * score + torch.sqrt(2.0 * delta) * randn_like(x_t, generator)
+
+    def reverse_step(self, step: ReverseStep, state: Tensor, prediction: Tensor) -> Tensor:
+        """The sampler's interface (:mod:`kldm_cli.diffusion.reverse`) for rows with one time
+        each (the lattice: ``t01 [B]``, ``state [B, 6]``); the corrector pools its step size
+        over the whole tensor."""
+        args = (step.t01, step.dt01, state, prediction)
+        if step.kind == "corrector":
+            return self.step_corrector(*args, tau=step.context.tau, generator=step.generator)
+        em_or_predictor = step_function(step.kind, self.step_em, self.step_predictor)
+        return em_or_predictor(*args, generator=step.generator)
