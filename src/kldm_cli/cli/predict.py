@@ -133,21 +133,22 @@ def print_search(result: PredictResult, formula: str, n: int, out: Path) -> None
         title=f"Best {min(n, len(search.ranking))} of {len(search.candidates)} "
         f"candidates for {formula}, relaxed with CHGNet (lowest energy first)"
     )
-    columns = ["rank", "sample", "space group", "E (eV/atom)", "E − E₁ (eV/atom)", "steps",
-               "converged", "file"]  # fmt: skip
+    columns = ["rank", "sample", "space group", "eV/atom", "above best", "steps", "converged"]
     for column in columns:
-        table.add_column(column, justify="left" if column in ("space group", "file") else "right")
-    for entry, path in zip(search.ranking, result.ranked_files, strict=False):
+        table.add_column(column, justify="left" if column == "space group" else "right")
+    for entry in search.ranking[:n]:
         table.add_row(
             str(entry.rank), str(entry.sample_index), entry.spacegroup or "?",
             f"{entry.energy_per_atom:.4f}", f"{entry.energy_above_best:+.4f}",
-            str(entry.relax_steps), "yes" if entry.converged else "no", path.name,
+            str(entry.relax_steps), "yes" if entry.converged else "no",
         )  # fmt: skip
     console.print(table)
     counts = ", ".join(f"{count} {status}" for status, count in search.counts().items())
     timing = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in search.timing_s.items())
     console.print(f"Candidates: {counts}. Time: {timing}.", highlight=False)
+    files = ", ".join(path.name for path in result.ranked_files)
     console.print(
-        f"Summary {result.summary}; unrelaxed candidates in {Path(out) / 'candidates'}.",
+        f"Written to {out}: {files}, {result.summary.name}; unrelaxed candidates in "
+        f"{Path(out) / 'candidates'}.",
         highlight=False,
     )
