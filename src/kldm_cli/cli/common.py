@@ -79,6 +79,16 @@ class SamplingProgress:
         self.progress.__exit__(*exc)  # type: ignore[arg-type]
 
 
+def cache_dir_option() -> Any:
+    return typer.Option(
+        None,
+        "--cache-dir",
+        help="Folder of the preprocessing cache (default: $KLDM_CACHE_DIR, else "
+        "~/.cache/kldm/datasets).",
+        show_default=False,
+    )
+
+
 def threads_option() -> Any:
     return typer.Option(
         None,

@@ -20,6 +20,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from kldm_cli.cli.common import cache_dir_option
+
 app = typer.Typer(help="Inspect crystal datasets.", no_args_is_help=True)
 
 _MAX_SKIPPED_SHOWN = 5
@@ -56,13 +58,7 @@ def stats(
     no_cache: bool = typer.Option(
         False, "--no-cache", help="Parse the dataset again; neither read nor write the cache."
     ),
-    cache_dir: Path | None = typer.Option(
-        None,
-        "--cache-dir",
-        help="Folder of the preprocessing cache (default: $KLDM_CACHE_DIR, else "
-        "~/.cache/kldm/datasets).",
-        show_default=False,
-    ),
+    cache_dir: Path | None = cache_dir_option(),
 ) -> None:
     """Summarise a dataset: structures, atoms per cell, elements, lattice ranges, skipped rows."""
     from kldm_cli.data.readers import default_cache_dir, load_dataset

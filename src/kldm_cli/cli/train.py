@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from kldm_cli.cli.common import console, err_console, threads_option, user_errors
+from kldm_cli.cli.common import cache_dir_option, console, err_console, threads_option, user_errors
 
 if TYPE_CHECKING:
     from kldm_cli.train import Trainer
@@ -85,13 +85,7 @@ def train_command(
         "--init-from",
         help="Model folder to fine-tune: its weights, network size and elements are kept.",
     ),
-    cache_dir: Path | None = typer.Option(
-        None,
-        "--cache-dir",
-        help="Folder of the preprocessing cache (default: $KLDM_CACHE_DIR, else "
-        "~/.cache/kldm/datasets).",
-        show_default=False,
-    ),
+    cache_dir: Path | None = cache_dir_option(),
     threads: int | None = threads_option(),
 ) -> None:
     """Train a KLDM model; the output folder is a model folder for [bold]--weights[/].
