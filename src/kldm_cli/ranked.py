@@ -8,7 +8,9 @@ candidates are then matched against the test structure with the CSP benchmark's
 - ``raw_first``: RMSE of the first raw candidate if it matches (MR@1 of the sampler alone);
 - ``raw_best``: smallest RMSE over all ``k`` raw candidates (MR@k);
 - ``ranked_match_rank``: the first rank (1-based) of the ranked list that matches, and
-  ``ranked_rmse`` per rank, so top-n is ``ranked_match_rank <= n``.
+  ``ranked_rmse`` per rank, so top-n is ``ranked_match_rank <= n``;
+- ``raw_rmse`` per raw candidate and ``candidates``: what the search did with each (status,
+  single-point energy, rank), so that other screen sizes can be judged from the record.
 
 The search of each finished composition is appended to ``RECORD.json.search.jsonl`` (flushed), so
 an interrupted evaluation goes on where it stopped; the file is deleted with the record written.
@@ -83,6 +85,16 @@ def _search_entry(target: int, result: Any, keep: int) -> dict[str, Any]:
                 "cif": entry.structure.to(fmt="cif"),
             }
             for entry in result.ranking[:keep]
+        ],
+        "candidates": [
+            {
+                "sample_index": outcome.sample_index,
+                "status": outcome.status,
+                "duplicate_of": outcome.duplicate_of,
+                "single_point_energy_per_atom": outcome.single_point_energy_per_atom,
+                "rank": outcome.rank,
+            }
+            for outcome in result.candidates
         ],
         "counts": result.counts(),
         "timing_s": result.timing_s,
@@ -175,6 +187,8 @@ def score_searches(
                 "raw_best_rmse": min(matched_raw) if matched_raw else None,
                 "ranked_match_rank": first,
                 "ranked_rmse": ranked,
+                "raw_rmse": raw,
+                "candidates": entry.get("candidates", []),
                 **{key: entry[key] for key in ("counts", "timing_s")},
                 "ranked": [
                     {k: v for k, v in item.items() if k != "cif"} for item in entry["ranked"]

@@ -135,3 +135,8 @@ def test_an_interrupted_ranked_evaluation_keeps_what_it_finished(
     assert top == sorted(top) and top[-1] <= 3
     assert metrics["raw_mr_at_1"]["num_matched"] <= metrics["raw_mr_at_k"]["num_matched"]
     assert json.loads(out.read_text())["ranked"]["settings"]["screen"] == 1
+    for entry in record["per_target"]:  # what became of every candidate is in the record
+        search = entry["search"]
+        assert len(search["raw_rmse"]) == len(search["candidates"]) == 3
+        relaxed = [c for c in search["candidates"] if c["status"] in ("ranked", "failed")]
+        assert len(relaxed) <= 1  # --screen 1
