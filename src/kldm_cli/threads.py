@@ -22,7 +22,7 @@ import os
 
 #: Below this many atoms per thread in a sampling or training batch, extra threads only add
 #: synchronisation (measured: ``benchmarks/bench_threads.py``).
-MIN_ATOMS_PER_THREAD = 64
+MIN_ATOMS_PER_THREAD = 256
 
 
 def use_passive_openmp_wait() -> None:

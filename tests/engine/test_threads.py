@@ -33,7 +33,8 @@ def test_openmp_threads_sleep_while_waiting_unless_the_user_says_otherwise():
         (4096, 2, 1, 1),  # beside one busy process: the one free core
         (4096, 2, 5, 1),  # overloaded: still one
         (None, 8, 2, 6),  # training (large work): the free cores
-        (200, 8, 0, 3),  # one thread per 64 atoms
+        (1000, 8, 0, 3),  # one thread per 256 atoms
+        (140, 2, 0, 1),  # LiFePO4 x20 on an idle machine: slower with 2 (docs/benchmarks.md)
     ],
 )
 def test_default_threads_rule(work_atoms, cores, busy, expected):

@@ -95,7 +95,7 @@ def threads_option() -> Any:
         "--threads",
         min=1,
         help="CPU threads (default: one per physical core that other processes leave free, "
-        "at most one per 64 atoms of a batch; see docs/benchmarks.md).",
+        "at most one per 256 atoms of a batch; see docs/benchmarks.md).",
     )
 
 
