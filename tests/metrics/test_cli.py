@@ -109,10 +109,10 @@ def test_relax_unreadable_structures_are_reported(tmp_path: Path) -> None:
     assert "no readable structure" in " ".join(result.output.split())
 
 
-def test_evaluate_dng_passes_the_hull_options(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    seen = {}
+def _fake_evaluate_dng(monkeypatch: pytest.MonkeyPatch, **extra_metrics) -> dict:
+    """Replace ``evaluate_dng`` by one that records its options (returned) and gives every
+    metric 0.5, plus ``extra_metrics``."""
+    seen: dict = {}
 
     def fake_evaluate_dng(samples, reference, **options):
         seen.update(options)
@@ -120,9 +120,16 @@ def test_evaluate_dng_passes_the_hull_options(
                 "cov_recall", "cov_precision", "wdist_density", "wdist_num_elements",
                 "stable_rate", "sun_rate"]  # fmt: skip
         metrics = {"num_samples": 1, "num_hull_unknown": 0, **dict.fromkeys(keys, 0.5)}
-        return {"metrics": metrics, "inputs": {}}
+        return {"metrics": {**metrics, **extra_metrics}, "inputs": {}}
 
     monkeypatch.setattr("kldm_cli.evaluate.evaluate_dng", fake_evaluate_dng)
+    return seen
+
+
+def test_evaluate_dng_passes_the_hull_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = _fake_evaluate_dng(monkeypatch)
     args = ["evaluate", "dng", "--samples", str(tmp_path), "--reference", str(tmp_path)]
     result = runner.invoke(
         app,
@@ -174,19 +181,8 @@ def test_relax_and_evaluate_dng_check_the_device_first(
 def test_evaluate_dng_names_the_proxy_hull_and_takes_reference_entries(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen = {}
-
-    def fake_evaluate_dng(samples, reference, **options):
-        seen.update(options)
-        keys = ["structural_validity", "compositional_validity", "uniqueness", "novelty",
-                "cov_recall", "cov_precision", "wdist_density", "wdist_num_elements",
-                "stable_rate", "sun_rate", "below_hull_rate", "far_below_hull_rate"]  # fmt: skip
-        hull = "proxy hull: 12 structures of the bundled data files"
-        metrics = {"num_samples": 1, "num_hull_unknown": 0, "hull": hull,
-                   **dict.fromkeys(keys, 0.5)}  # fmt: skip
-        return {"metrics": metrics, "inputs": {}}
-
-    monkeypatch.setattr("kldm_cli.evaluate.evaluate_dng", fake_evaluate_dng)
+    hull = "proxy hull: 12 structures of the bundled data files"
+    seen = _fake_evaluate_dng(monkeypatch, hull=hull, below_hull_rate=0.5, far_below_hull_rate=0.5)
     args = ["evaluate", "dng", "--samples", str(tmp_path), "--reference", str(tmp_path)]
     result = runner.invoke(app, [*args, "--reference-entries", str(tmp_path / "mp.json.gz")])
     assert result.exit_code == 0, result.output
