@@ -140,3 +140,27 @@ def test_an_interrupted_ranked_evaluation_keeps_what_it_finished(
         assert len(search["raw_rmse"]) == len(search["candidates"]) == 3
         relaxed = [c for c in search["candidates"] if c["status"] in ("ranked", "failed")]
         assert len(relaxed) <= 1  # --screen 1
+
+
+@pytest.mark.parametrize("command", [("predict",), ("evaluate", "csp")])
+def test_the_cli_defaults_are_the_search_settings_defaults(command) -> None:
+    """The CLI writes the defaults as literals (kldm_cli.search is not imported at start-up)."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    for name in command:
+        group = group.commands[name]
+    defaults = {param.name: param.default for param in group.params}
+    settings = SearchSettings()
+    assert defaults["screen"] == settings.screen
+    assert defaults["relax_steps"] == settings.relax_steps
+    if "fmax" in defaults:
+        assert defaults["fmax"] == settings.fmax
+
+
+def test_starting_the_cli_does_not_import_the_search() -> None:
+    import subprocess
+
+    code = "import sys, kldm_cli.cli.main; print('kldm_cli.search' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -19,7 +19,6 @@ from kldm_cli.cli.common import (
     user_errors,
 )
 from kldm_cli.cli.relax import missing_extra
-from kldm_cli.search import SearchSettings
 
 if TYPE_CHECKING:
     from kldm_cli.predict import PredictResult
@@ -59,17 +58,15 @@ def predict_command(
         "and write the best -n ranked by energy per atom. Needs the [relax] extra.",
     ),
     screen: int = typer.Option(
-        SearchSettings.screen,
+        5,
         "--screen",
         min=0,
         help="Search mode: unique candidates relaxed, lowest single-point energy first (0: all).",
     ),
     relax_steps: int = typer.Option(
-        SearchSettings.relax_steps, "--relax-steps", min=0, help="Most FIRE steps per relaxation."
+        100, "--relax-steps", min=0, help="Most FIRE steps per relaxation."
     ),
-    fmax: float = typer.Option(
-        SearchSettings.fmax, "--fmax", help="Relaxation stops below this force (eV/Å)."
-    ),
+    fmax: float = typer.Option(0.1, "--fmax", help="Relaxation stops below this force (eV/Å)."),
     workers: int = typer.Option(
         1, "--workers", min=0, help="Processes relaxing candidates in parallel (CPU)."
     ),
@@ -80,6 +77,7 @@ def predict_command(
     rank_001_<formula>.cif ... with summary.csv; the unrelaxed candidates go to OUT/candidates/.
     """
     from kldm_cli.predict import predict
+    from kldm_cli.search import SearchSettings
 
     check_count_and_sampler(n, "-n", sampler)
     search = None
