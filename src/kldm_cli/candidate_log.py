@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,32 +56,25 @@ class CandidateLog:
         return log
 
     def _load(self) -> None:
-        text = self.path.read_text()
-        lines = text.splitlines()
-        header = _parse(lines[0]) if lines else None
+        for batch in read_log(
+            self.path, self._check_header, {"indices", "structures"}, "a batch of candidates"
+        ):
+            for index, structure in zip(batch["indices"], batch["structures"], strict=True):
+                self.done[int(index)] = Structure.from_dict(structure)
+            self.previous_sampling_s += float(batch.get("seconds", 0.0))
+
+    def _check_header(self, header: dict[str, Any] | None) -> None:
         if header is None or header.get("format") != FORMAT:
             raise ValueError(
                 f"{self.path} is not a kldm candidate log; move it away or choose another --out"
             )
-        differences = _differences(header.get("settings", {}), self.settings)
+        differences = setting_differences(header.get("settings", {}), self.settings)
         if differences:
             raise ValueError(
                 f"{self.path} holds candidates sampled with other settings "
                 f"({'; '.join(differences)}). Rerun with those settings to go on, or delete the "
                 "file to start over"
             )
-        for number, line in enumerate(lines[1:], start=2):
-            batch = _parse(line)
-            if batch is None or not {"indices", "structures"} <= set(batch):
-                if number < len(lines):
-                    raise ValueError(f"{self.path}, line {number}: not a batch of candidates")
-                lines.pop()  # the last line, cut short by the interruption
-                break
-            for index, structure in zip(batch["indices"], batch["structures"], strict=True):
-                self.done[int(index)] = Structure.from_dict(structure)
-            self.previous_sampling_s += float(batch.get("seconds", 0.0))
-        if text != "\n".join(lines) + "\n":  # a torn or unterminated last line
-            self.path.write_text("\n".join(lines) + "\n")
 
     def append(
         self, indices: Sequence[int], structures: Sequence[Structure], seconds: float
@@ -96,16 +89,48 @@ class CandidateLog:
         )
 
     def _append(self, entry: dict[str, Any]) -> None:
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(entry) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_line(self.path, entry)
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
 
 
-def _parse(line: str) -> dict[str, Any] | None:
+def read_log(
+    path: Path,
+    check_header: Callable[[dict[str, Any] | None], None],
+    required: set[str],
+    what: str,
+) -> list[dict[str, Any]]:
+    """The entries of a JSON-lines log after its header (checked by ``check_header``, which
+    raises). Every entry must hold the keys ``required``; a last line cut short by an
+    interruption is dropped and cut from the file, so that the next append starts a new line;
+    a bad line before it is an error naming ``what`` the line should be."""
+    text = path.read_text()
+    lines = text.splitlines()
+    check_header(parse_line(lines[0]) if lines else None)
+    entries = []
+    for number, line in enumerate(lines[1:], start=2):
+        entry = parse_line(line)
+        if entry is None or not required <= set(entry):
+            if number < len(lines):
+                raise ValueError(f"{path}, line {number}: not {what}")
+            lines.pop()  # the last line, cut short by the interruption
+            break
+        entries.append(entry)
+    if text != "\n".join(lines) + "\n":  # a torn or unterminated last line
+        path.write_text("\n".join(lines) + "\n")
+    return entries
+
+
+def append_line(path: Path, entry: dict[str, Any]) -> None:
+    """Append ``entry`` as one JSON line, flushed and synced to disk before returning."""
+    with path.open("a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def parse_line(line: str) -> dict[str, Any] | None:
     try:
         entry = json.loads(line)
     except json.JSONDecodeError:
@@ -113,7 +138,7 @@ def _parse(line: str) -> dict[str, Any] | None:
     return entry if isinstance(entry, dict) else None
 
 
-def _differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+def setting_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """``name: saved → current`` for every setting that changed."""
     names = sorted(set(saved) | set(current))
     return [

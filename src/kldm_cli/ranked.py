@@ -18,8 +18,6 @@ an interrupted evaluation goes on where it stopped; the file is deleted with the
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -28,6 +26,7 @@ from typing import Any
 
 from pymatgen.core import Structure
 
+from kldm_cli.candidate_log import append_line, read_log, setting_differences
 from kldm_cli.search import SearchSettings, search_structures
 
 SUFFIX = ".search.jsonl"
@@ -41,34 +40,24 @@ def search_log_path(out: str | Path) -> Path:
 
 
 def _read_log(path: Path, settings: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    """Finished compositions of an earlier run with the same settings (torn lines ignored)."""
-    done: dict[int, dict[str, Any]] = {}
+    """Finished compositions (target index → entry) of an earlier run with the same settings."""
+
+    def check_header(header: dict[str, Any] | None) -> None:
+        if header is None or "settings" not in header:
+            raise ValueError(
+                f"{path} is not a kldm ranked-search log; move it away or choose another --out"
+            )
+        differences = setting_differences(header["settings"], settings)
+        if differences:
+            raise ValueError(
+                f"{path} holds a ranked search made with other settings "
+                f"({'; '.join(differences)}); delete it or use another --out"
+            )
+
     if not path.exists():
-        return done
-    lines = path.read_text().splitlines()
-    try:
-        header = json.loads(lines[0])
-    except (IndexError, json.JSONDecodeError):
-        return done
-    if header.get("settings") != settings:
-        raise ValueError(
-            f"{path} holds a ranked search made with other settings ({header.get('settings')}); "
-            "delete it or use another --out"
-        )
-    for line in lines[1:]:
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        done[int(entry["target"])] = entry
-    return done
-
-
-def _append(path: Path, entry: dict[str, Any]) -> None:
-    with open(path, "a") as handle:
-        handle.write(json.dumps(entry) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+        return {}
+    entries = read_log(path, check_header, {"target"}, "a ranked search")
+    return {int(entry["target"]): entry for entry in entries}
 
 
 def _search_entry(target: int, result: Any, keep: int) -> dict[str, Any]:
@@ -118,7 +107,7 @@ def run_searches(
     done = _read_log(path, log_settings) if path is not None else {}
     if path is not None and not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        _append(path, {"settings": log_settings})
+        append_line(path, {"settings": log_settings})
     if done:
         report(f"resuming: {len(done)} ranked searches already done in {path}")
     model = model or load_chgnet(device)
@@ -132,7 +121,7 @@ def run_searches(
         result = search_structures(list(proposals), settings, model=model, device=device)
         entry = _search_entry(target, result, max(TOP_N))
         if path is not None:
-            _append(path, entry)
+            append_line(path, entry)
         entries.append(entry)
         searched += 1
         elapsed = time.perf_counter() - started

@@ -164,3 +164,20 @@ def test_starting_the_cli_does_not_import_the_search() -> None:
     code = "import sys, kldm_cli.cli.main; print('kldm_cli.search' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_search_log_cut_mid_line_is_repaired_before_it_grows(tmp_path) -> None:
+    from kldm_cli.candidate_log import append_line
+    from kldm_cli.ranked import _read_log
+
+    path = tmp_path / "record.json.search.jsonl"
+    settings = {"screen": 5, "num_targets": 3}
+    append_line(path, {"settings": settings})
+    append_line(path, {"target": 0, "ranked": []})
+    with path.open("a") as handle:
+        handle.write('{"target": 1, "ran')  # the interruption cut this line short
+    assert list(_read_log(path, settings)) == [0]
+    append_line(path, {"target": 1, "ranked": []})
+    assert list(_read_log(path, settings)) == [0, 1]
+    with pytest.raises(ValueError, match="screen: 5 → 6"):
+        _read_log(path, {**settings, "screen": 6})
