@@ -56,6 +56,11 @@ class RelaxResult:
     converged: bool
     error: str | None = None
 
+    @classmethod
+    def failure(cls, index: int, structure: Structure, error: str) -> RelaxResult:
+        """The result for a structure that could not be relaxed, ``error`` saying why."""
+        return cls(index, structure, None, None, None, None, None, 0, False, error)
+
     @property
     def formula(self) -> str:
         return self.initial_structure.composition.reduced_formula
@@ -185,7 +190,7 @@ def _relax_one(
             raise ValueError("CHGNet returned a non-finite energy")
     except Exception as error:  # noqa: BLE001 - one structure's failure is recorded, not raised
         message = f"{type(error).__name__}: {error}"
-        return RelaxResult(index, structure, None, None, None, None, None, 0, False, message)
+        return RelaxResult.failure(index, structure, message)
     return RelaxResult(
         index=index,
         initial_structure=structure,

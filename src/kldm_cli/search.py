@@ -224,9 +224,7 @@ def relax_many(
             results.append(outcome.value)
         else:
             reason = outcome.error or f"relaxation ran past {timeout} s"
-            results.append(
-                RelaxResult(index, structure, None, None, None, None, None, 0, False, reason)
-            )
+            results.append(RelaxResult.failure(index, structure, reason))
     return results
 
 

@@ -137,3 +137,15 @@ def test_a_comparison_that_never_ends_counts_as_different(monkeypatch) -> None:
     started = time.perf_counter()
     assert not relax.same_structure(StuckMatcher(), rocksalt_nacl(), rocksalt_nacl())
     assert time.perf_counter() - started < 5
+
+
+def test_relaxation_in_worker_processes_matches_the_in_process_one(chgnet_model) -> None:
+    from kldm_cli.search import relax_many
+
+    structures = [rocksalt_nacl(5.5), cscl_nacl()]
+    here = relax_many(structures, steps=2, fmax=0.1, workers=1, model=chgnet_model)
+    apart = relax_many(structures, steps=2, fmax=0.1, workers=2, model=chgnet_model)
+    assert [r.index for r in apart] == [0, 1]
+    for a, b in zip(here, apart, strict=True):
+        assert b.error is None and b.num_steps == a.num_steps
+        assert b.energy_per_atom == pytest.approx(a.energy_per_atom, abs=1e-4)
