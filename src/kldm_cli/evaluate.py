@@ -291,8 +291,12 @@ def evaluate_csp(
         "per_target": per_target,
     }
     if search is not None:
-        _add_ranked(record_out, candidates, targets, search, chgnet, out, device, workers, timeout,
-                    report)  # fmt: skip
+        from kldm_cli.ranked import add_ranked_section
+
+        add_ranked_section(
+            record_out, candidates, targets, search, chgnet=chgnet, out=out, device=device,
+            workers=workers, timeout=timeout, report=report,
+        )  # fmt: skip
     if out is not None:
         write_record(record_out, out)
     if log is not None:
@@ -302,43 +306,6 @@ def evaluate_csp(
 
         search_log_path(out).unlink(missing_ok=True)
     return _json_safe(record_out)
-
-
-def _add_ranked(
-    record: dict[str, Any],
-    candidates: Sequence[Sequence[Structure]],
-    targets: Sequence[Structure],
-    search: Any,
-    chgnet: Any,
-    out: str | Path | None,
-    device: str,
-    workers: int,
-    timeout: float | None,
-    report: Progress,
-) -> None:
-    """Run the ranked search on every composition's candidates and add its section."""
-    from kldm_cli.ranked import run_searches, score_searches
-    from kldm_cli.search import DEDUPE_MATCHER_SETTINGS
-
-    report(f"ranked search on {len(candidates)} compositions")
-    search_started = time.perf_counter()
-    entries = run_searches(candidates, search, out=out, device=device, model=chgnet, report=report)
-    search_s = time.perf_counter() - search_started
-    report("matching raw and ranked structures against their targets")
-    matching_started = time.perf_counter()
-    metrics, per_target = score_searches(
-        candidates, targets, entries, workers=workers, timeout=timeout
-    )
-    for entry, ranked in zip(record["per_target"], per_target, strict=True):
-        entry["search"] = ranked
-    num = max(1, len(candidates))
-    metrics["sampling_seconds_per_composition"] = record["timing_s"]["sampling"] / num
-    record["ranked"] = {
-        "metrics": metrics,
-        "settings": {**asdict(search), "dedupe_matcher": dict(DEDUPE_MATCHER_SETTINGS)},
-        "timing_s": {"search": search_s, "matching": time.perf_counter() - matching_started},
-    }
-    record["timing_s"]["total"] += search_s
 
 
 def _batch_reporter(
