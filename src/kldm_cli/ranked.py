@@ -259,4 +259,33 @@ def ranked_metrics(per_target: Sequence[dict[str, Any]]) -> dict[str, Any]:
     metrics["search_seconds_per_composition"] = (
         {name: total / len(per_target) for name, total in stages.items()} if per_target else {}
     )
+    metrics["right_structure_stages"] = right_structure_stages(per_target)
     return metrics
+
+
+#: Statuses of the candidates that were relaxed (they passed the screen).
+RELAXED_STATUSES = frozenset({"ranked", "failed", "duplicate after relaxation"})
+
+
+def right_structure_stages(per_target: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """How far the right structure got: sampled, kept by the screen, ranked first.
+
+    Counted over the targets whose record keeps every candidate's fate (``candidates`` and
+    ``raw_rmse``). A raw candidate that matches the target counts as kept when it, or the
+    candidate it duplicates, was relaxed. The gaps between the counts say where the search loses
+    the right structure: in sampling, in the single-point screen, or in the energy ranking.
+    """
+    counts = {"num_targets": 0, "sampled": 0, "kept_by_screen": 0, "ranked_first": 0}
+    for target in per_target:
+        candidates, raw = target.get("candidates"), target.get("raw_rmse")
+        if not candidates or raw is None:
+            continue
+        relaxed = {c["sample_index"] for c in candidates if c["status"] in RELAXED_STATUSES}
+        matched = [c for c in candidates if raw[c["sample_index"]] is not None]
+        counts["num_targets"] += 1
+        counts["sampled"] += bool(matched)
+        counts["kept_by_screen"] += any(
+            c["sample_index"] in relaxed or c["duplicate_of"] in relaxed for c in matched
+        )
+        counts["ranked_first"] += target["ranked_match_rank"] == 1
+    return counts

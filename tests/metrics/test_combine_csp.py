@@ -212,6 +212,19 @@ def test_ranked_chunks_combine_to_the_whole_ranked_run(tmp_path: Path, chgnet_mo
         assert merged[key]["num_matched"] == whole[key]["num_matched"], key
     assert merged["num_targets"] == 4
     assert merged["raw_mr_at_k"]["num_matched"] == 3  # the fake model's three matches
+    stages = merged["right_structure_stages"]
+    assert stages == whole["right_structure_stages"]
+    assert stages["num_targets"] == 4 and stages["sampled"] == 3  # screen 0: all kept
+    assert stages["kept_by_screen"] == 3 >= stages["ranked_first"]
+
+    parts = [
+        write_record(chunk, tmp_path / f"{name}.json")
+        for chunk, name in zip(chunks, "ab", strict=True)
+    ]
+    args = ["evaluate", "combine", *map(str, parts), "--out", str(tmp_path / "all.json")]
+    result = runner.invoke(app, [*args, "--data", str(data)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert f"3 / 3 / {stages['ranked_first']} of 4" in result.output
 
     chunks[1]["ranked"]["settings"]["screen"] = 7
     with pytest.raises(ValueError, match="other settings"):

@@ -123,6 +123,36 @@ def test_ranked_metrics_count_the_first_matching_rank() -> None:
     assert metrics["search_seconds_per_composition"] == {"relax": 2.0}
 
 
+def test_stages_say_where_the_right_structure_was_lost() -> None:
+    from kldm_cli.ranked import right_structure_stages
+
+    def candidate(index, status, duplicate_of=None):
+        return {"sample_index": index, "status": status, "duplicate_of": duplicate_of}
+
+    def target(raw, candidates, rank):
+        return {"raw_rmse": raw, "candidates": candidates, "ranked_match_rank": rank}
+
+    per_target = [
+        # right structure (sample 1) relaxed and ranked first
+        target([None, 0.1], [candidate(0, "ranked"), candidate(1, "ranked")], 1),
+        # right structure only as a duplicate of a relaxed candidate, ranked second
+        target(
+            [None, None, 0.2],
+            [candidate(0, "ranked"), candidate(1, "ranked"), candidate(2, "duplicate", 1)],
+            2,
+        ),
+        # right structure sampled but screened out
+        target([0.3, None], [candidate(0, "screened out"), candidate(1, "ranked")], None),
+        # never sampled
+        target([None], [candidate(0, "ranked")], None),
+        # a record without candidate details is not counted
+        {"raw_rmse": None, "candidates": [], "ranked_match_rank": 1},
+    ]
+    assert right_structure_stages(per_target) == {
+        "num_targets": 4, "sampled": 3, "kept_by_screen": 2, "ranked_first": 1,
+    }  # fmt: skip
+
+
 def test_a_comparison_that_never_ends_counts_as_different(monkeypatch) -> None:
     import time
 

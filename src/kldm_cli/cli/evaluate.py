@@ -185,6 +185,13 @@ def _print_csp(record: dict, title: str) -> None:
             )
         for name, seconds in metrics["search_seconds_per_composition"].items():
             table.add_row(f"{name} per composition", f"{seconds:.1f} s")
+        stages = metrics.get("right_structure_stages")
+        if stages and stages["num_targets"]:
+            table.add_row(
+                "right structure: sampled / kept by screen / ranked 1st",
+                f"{stages['sampled']} / {stages['kept_by_screen']} / {stages['ranked_first']}"
+                f" of {stages['num_targets']}",
+            )
     console.print(table)
 
 
