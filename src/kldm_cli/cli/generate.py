@@ -50,7 +50,7 @@ def generate_command(
         result = generate(
             n, weights=weights, out=out, fmt=fmt, method=sampler, steps=steps, seed=seed,
             device=device, num_atoms=num_atoms, batch_atoms=batch_atoms, resume=resume,
-            on_batch=progress.on_batch, grid=grid, threads=threads, on_step=progress.on_step,
+            on_written=progress.on_written, grid=grid, threads=threads, on_step=progress.on_step,
         )  # fmt: skip
     if result.notice:
         err_console.print(result.notice)
