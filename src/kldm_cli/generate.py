@@ -18,6 +18,7 @@ import torch
 from pymatgen.core import Structure
 
 from kldm_cli.config import KLDMConfig
+from kldm_cli.device import resolve_device
 from kldm_cli.sampling.loop import parse_time_grid
 from kldm_cli.sampling.models import load_model
 from kldm_cli.sampling.pipeline import (
@@ -29,6 +30,7 @@ from kldm_cli.sampling.pipeline import (
     sample_batches,
     sampler_settings,
 )
+from kldm_cli.sampling.shards import END_TIMEOUT, Shard, barrier, process_group, shard_from_env
 from kldm_cli.threads import set_threads
 
 
@@ -83,11 +85,14 @@ class GenerateResult:
     #: many of its files could not be read back (counted as not valid).
     kept_structures: list[Structure] = field(default_factory=list)
     kept_unreadable: int = 0
+    #: Under torchrun, on rank 0: the structures the other ranks wrote (read back at the end).
+    other_ranks: list[Structure] = field(default_factory=list)
 
     @property
     def all_structures(self) -> list[Structure]:
-        """Every structure of the run: kept from before, then new."""
-        return self.kept_structures + self.structures
+        """Every structure of the run: kept from before, then new (this process's, then the
+        other ranks')."""
+        return self.kept_structures + self.structures + self.other_ranks
 
     def composition_counts(self) -> Counter:
         return Counter(s.composition.reduced_formula for s in self.all_structures)
@@ -145,6 +150,7 @@ def generate(
     grid: str | None = None,
     threads: int | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    shard: Shard | None = None,
 ) -> GenerateResult:
     """Generate ``n`` crystals into ``out`` (see the module docstring).
 
@@ -152,7 +158,52 @@ def generate(
     ``threads`` the CPU threads (default: :func:`kldm_cli.threads.default_threads`);
     ``on_step(done, total)`` is called after every sampler step, counted over all batches still
     to sample. With ``resume``, the folder's samples must have been made with the same settings.
+
+    ``shard`` (default: from the ``torchrun`` environment, :func:`shard_from_env`) samples only
+    this process's batches (:mod:`kldm_cli.sampling.shards`); the files are those of a
+    one-process run. Rank 0's result then also holds what the other ranks wrote
+    (``other_ranks``).
     """
+    shard = shard or shard_from_env()
+    if shard.world_size > 1:
+        if fmt != "cif":
+            raise ValueError(
+                "--format extxyz appends every structure to one file; under torchrun use "
+                "--format cif (one file per sample)"
+            )
+        device = str(resolve_device(device, shard.local_rank))
+        with process_group(shard):
+            return _generate(
+                n, weights=weights, out=out, fmt=fmt, method=method, steps=steps, seed=seed,
+                device=device, num_atoms=num_atoms, batch_atoms=batch_atoms, resume=resume,
+                on_written=on_written, grid=grid, threads=threads, on_step=on_step, shard=shard,
+            )  # fmt: skip
+    return _generate(
+        n, weights=weights, out=out, fmt=fmt, method=method, steps=steps, seed=seed,
+        device=device, num_atoms=num_atoms, batch_atoms=batch_atoms, resume=resume,
+        on_written=on_written, grid=grid, threads=threads, on_step=on_step, shard=shard,
+    )  # fmt: skip
+
+
+def _generate(
+    n: int,
+    *,
+    weights: str | None,
+    out: Path,
+    fmt: str,
+    method: str | None,
+    steps: int | None,
+    seed: int,
+    device: str,
+    num_atoms: str | None,
+    batch_atoms: int,
+    resume: bool,
+    on_written: Callable[[int, int], None] | None,
+    grid: str | None,
+    threads: int | None,
+    on_step: Callable[[int, int], None] | None,
+    shard: Shard,
+) -> GenerateResult:
     if n < 1:
         raise ValueError(f"the number of structures must be positive, got {n}")
     if fmt not in ("cif", "extxyz"):
@@ -176,16 +227,19 @@ def generate(
     existing_metadata = writer.files.existing_metadata() if resume else {}
     existing = set(existing_metadata)
     check_resume_settings(existing_metadata, settings, out)
+    barrier(shard)  # every rank has looked at the folder before any writes to it
     result = GenerateResult(model_source=loaded.source, notice=loaded.notice)
     kept = sorted(existing & set(range(n)))
     result.skipped_existing = len(kept)
     read_back = writer.files.read_structures(kept) if kept else []
     result.kept_structures = [s for s in read_back if s is not None]
     result.kept_unreadable = len(read_back) - len(result.kept_structures)
-    counter = StepCounter(on_step, len(batches_to_sample(plan, existing)) * sampler.num_steps)
+    todo = batches_to_sample(plan, existing, shard)
+    counter = StepCounter(on_step, len(todo) * sampler.num_steps)
     for indices, structures in sample_batches(
-        loaded.model, plan, sampler, seed=seed, device=device, skip=existing, progress=counter
-    ):
+        loaded.model, plan, sampler, seed=seed, device=device, skip=existing, progress=counter,
+        shard=shard,
+    ):  # fmt: skip
         result.files += writer.write(indices, structures, skip=existing)
         result.structures += [
             s for i, s in zip(indices, structures, strict=True) if i not in existing
@@ -193,4 +247,11 @@ def generate(
         result.written = len(result.structures)
         if on_written is not None:
             on_written(result.written + result.skipped_existing, n)
+    barrier(shard, END_TIMEOUT)  # every rank has written its batches
+    if shard.world_size > 1 and shard.is_main:
+        mine = {i for batch in todo for i in batch}
+        others = sorted(set(range(n)) - existing - mine)
+        read_back = writer.files.read_structures(others) if others else []
+        result.other_ranks = [s for s in read_back if s is not None]
+        result.kept_unreadable += len(read_back) - len(result.other_ranks)
     return result

@@ -49,12 +49,13 @@ class SamplingProgress:
     Use as a context manager; pass :meth:`on_step` and :meth:`on_written` to the library call.
     """
 
-    def __init__(self, label: str, total_structures: int) -> None:
+    def __init__(self, label: str, total_structures: int, show: bool = True) -> None:
         self.total_structures = total_structures
         self.progress = Progress(
             TextColumn(f"[bold]{label}"), BarColumn(),
             TextColumn("{task.fields[steps]}"), TextColumn("{task.fields[done]}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+            disable=not show,
         )  # fmt: skip
         self.task = self.progress.add_task(label, total=None, steps="loading model", done="")
         self.on_written(0, total_structures)

@@ -30,6 +30,7 @@ from kldm_cli.device import resolve_device
 from kldm_cli.model import KLDM
 from kldm_cli.sampling.loop import Samples, sample
 from kldm_cli.sampling.models import check_compositions, load_model
+from kldm_cli.sampling.shards import Shard
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -143,9 +144,16 @@ class StepCounter:
             self.finished += num_steps
 
 
-def batches_to_sample(plan: SamplingPlan, skip: Collection[int] = ()) -> list[list[int]]:
-    """The batches of ``plan`` with at least one sample index not in ``skip``."""
-    return [b for b in plan.batches if not all(i in skip for i in b)]
+def batches_to_sample(
+    plan: SamplingPlan, skip: Collection[int] = (), shard: Shard | None = None
+) -> list[list[int]]:
+    """The batches of ``plan`` with at least one sample index not in ``skip`` (and, given a
+    ``shard``, owned by it)."""
+    return [
+        batch
+        for number, batch in enumerate(plan.batches)
+        if not all(i in skip for i in batch) and (shard is None or shard.owns(number))
+    ]
 
 
 def sample_batches(
@@ -158,16 +166,20 @@ def sample_batches(
     skip: Collection[int] = (),
     progress: Callable[[int, int], None] | None = None,
     first_batch_number: int = 0,
+    shard: Shard | None = None,
 ) -> Iterator[tuple[list[int], list[Structure]]]:
     """Sample the batches of ``plan`` and yield each one's sample indices and structures.
 
-    A batch whose indices are all in ``skip`` (finished by an earlier run) is not sampled.
-    Batch ``b`` draws from :func:`batch_generator` ``(seed, first_batch_number + b)``;
+    A batch whose indices are all in ``skip`` (finished by an earlier run), or that belongs to
+    another process's ``shard`` (:mod:`kldm_cli.sampling.shards`), is not sampled. Batch ``b``
+    draws from :func:`batch_generator` ``(seed, first_batch_number + b)``;
     ``progress(step, num_steps)`` is called after every sampler step.
     """
     target = resolve_device(device)
     for batch_number, indices in enumerate(plan.batches, start=first_batch_number):
         if all(i in skip for i in indices):
+            continue
+        if shard is not None and not shard.owns(batch_number):
             continue
         numbers = None
         if plan.atomic_numbers is not None:
