@@ -172,17 +172,12 @@ def generate(
                 "--format cif (one file per sample)"
             )
         device = str(resolve_device(device, shard.local_rank))
-        with process_group(shard):
-            return _generate(
-                n, weights=weights, out=out, fmt=fmt, method=method, steps=steps, seed=seed,
-                device=device, num_atoms=num_atoms, batch_atoms=batch_atoms, resume=resume,
-                on_written=on_written, grid=grid, threads=threads, on_step=on_step, shard=shard,
-            )  # fmt: skip
-    return _generate(
-        n, weights=weights, out=out, fmt=fmt, method=method, steps=steps, seed=seed,
-        device=device, num_atoms=num_atoms, batch_atoms=batch_atoms, resume=resume,
-        on_written=on_written, grid=grid, threads=threads, on_step=on_step, shard=shard,
-    )  # fmt: skip
+    with process_group(shard):  # nothing for one process
+        return _generate(
+            n, weights=weights, out=out, fmt=fmt, method=method, steps=steps, seed=seed,
+            device=device, num_atoms=num_atoms, batch_atoms=batch_atoms, resume=resume,
+            on_written=on_written, grid=grid, threads=threads, on_step=on_step, shard=shard,
+        )  # fmt: skip
 
 
 def _generate(

@@ -131,3 +131,30 @@ def test_explicit_weights_are_never_rerouted(two_releases, tiny_csp_model, tmp_p
     # auto stays within the given model's range
     routes = route_formula(formula, _atoms(formula), 3, "auto", weights=str(tiny_csp_model))
     assert {len(c) for c in routes[0].compositions} == {5}
+
+
+def test_a_search_ranks_the_candidates_of_every_model(two_releases, tmp_path, monkeypatch):
+    """With --candidates the routing is the same; the search gets every model's candidates in
+    sample order (the search itself is faked: only the sampling side is tested here)."""
+    from types import SimpleNamespace
+
+    import kldm_cli.relax
+    import kldm_cli.search
+    from kldm_cli.search import SearchSettings
+
+    seen = {}
+
+    def fake_search(candidates, settings, **_):
+        seen["sizes"] = [len(c) for c in candidates]
+        return SimpleNamespace(ranking=[], candidates=[])
+
+    monkeypatch.setattr(kldm_cli.relax, "load_chgnet", lambda device: "fake CHGNet")
+    monkeypatch.setattr(kldm_cli.search, "search_structures", fake_search)
+    out = tmp_path / "out"
+    result = predict(
+        _formula(), 2, out=out, steps=2, formula_units="auto",
+        search=SearchSettings(candidates=10, steps=2),
+    )  # fmt: skip
+    assert seen["sizes"] == [5 * z for z in range(1, 11)]
+    assert len(result.routes) == 2
+    assert len(list((out / "candidates").glob("*.cif"))) == 10
