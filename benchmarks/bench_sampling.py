@@ -102,8 +102,7 @@ def run_case(args: argparse.Namespace) -> dict:
     import torch
 
     from kldm_cli.config import SamplerConfig
-    from kldm_cli.predict import load_model
-    from kldm_cli.sampling import batch_generator, plan_batches, sample, set_threads
+    from kldm_cli.sampling import batch_generator, load_model, plan_batches, sample, set_threads
 
     threads = set_threads(args.threads)
     model = load_model(str(args.model), args.workload, args.device).model
@@ -112,10 +111,10 @@ def run_case(args: argparse.Namespace) -> dict:
         # Control: the baseline with its edges in reversed order, i.e. the same arithmetic with
         # float sums taken in another order; how far it drifts from the baseline is the drift
         # the sampler itself gives to rounding differences.
-        import kldm_cli.sampling
+        import kldm_cli.sampling.loop
 
-        edges = kldm_cli.sampling.fully_connected_edges
-        kldm_cli.sampling.fully_connected_edges = lambda num_atoms: edges(num_atoms).flip(1)
+        edges = kldm_cli.sampling.loop.fully_connected_edges
+        kldm_cli.sampling.loop.fully_connected_edges = lambda num_atoms: edges(num_atoms).flip(1)
     engine = {"cuda_graph": "graph" in args.engine, "bf16": "bf16" in args.engine}
     compositions, records = _workload(args, model)
     sampler = SamplerConfig(method=args.sampler, num_steps=args.steps, time_grid=args.grid)

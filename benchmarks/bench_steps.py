@@ -65,8 +65,7 @@ def main() -> None:
 
     from kldm_cli.data.readers import load_dataset
     from kldm_cli.metrics.csp import match_structures
-    from kldm_cli.predict import load_model, sample_model
-    from kldm_cli.sampling import set_threads
+    from kldm_cli.sampling import load_model, sample_model, set_threads
 
     threads = set_threads(args.threads)
     model = load_model(args.weights, "csp").model

@@ -55,7 +55,8 @@ def worker(setting: str, formula: str, num: int, steps: int) -> dict:
         import torch
 
         torch.set_num_threads(2)
-    from kldm_cli.predict import load_model, plan_compositions, sample_model
+    from kldm_cli.predict import plan_compositions
+    from kldm_cli.sampling import load_model, sample_model
     from kldm_cli.threads import default_threads, set_threads
 
     loaded = load_model(str(WEIGHTS), "csp")

@@ -40,8 +40,7 @@ def main() -> None:
 
     from kldm_cli.config import SamplerConfig
     from kldm_cli.data.readers import load_dataset
-    from kldm_cli.predict import load_model
-    from kldm_cli.sampling import batch_generator, sample, set_threads
+    from kldm_cli.sampling import batch_generator, load_model, sample, set_threads
 
     set_threads(args.threads)
     with tempfile.TemporaryDirectory() as scratch:

@@ -22,8 +22,8 @@ from kldm_cli.data.readers import load_dataset
 from kldm_cli.metrics._parallel import run_tasks
 from kldm_cli.metrics.csp import CSP_MATCHER_SETTINGS, rms_distance
 from kldm_cli.metrics.validity import structural_validity
-from kldm_cli.predict import sample_csp
 from kldm_cli.relax import load_chgnet, predict_energies
+from kldm_cli.sampling import sample_csp
 from kldm_cli.search import unique_candidates
 from kldm_cli.threads import set_threads
 

@@ -249,8 +249,7 @@ def _same_samples(ctx: dict, task: str) -> dict:
     from kldm_cli.config import SamplerConfig
     from kldm_cli.data.readers import load_dataset
     from kldm_cli.generate import plan_num_atoms
-    from kldm_cli.predict import load_model
-    from kldm_cli.sampling import batch_generator, sample
+    from kldm_cli.sampling import batch_generator, load_model, sample
 
     device, sizes, seed = ctx["device"], ctx["sizes"], 0
     cuda = device.startswith("cuda")
@@ -343,8 +342,7 @@ def part_generate_paper(ctx: dict) -> dict:
 
     from kldm_cli.config import SamplerConfig
     from kldm_cli.generate import plan_num_atoms
-    from kldm_cli.predict import load_model
-    from kldm_cli.sampling import batch_generator, plan_batches, sample
+    from kldm_cli.sampling import batch_generator, load_model, plan_batches, sample
 
     sizes, scratch, device = ctx["sizes"], Path(ctx["scratch"]), ctx["device"]
     preset, n, steps = sizes["generate_preset"], sizes["generate_n"], sizes["paper_steps"]
@@ -432,7 +430,7 @@ def part_evaluate_csp(ctx: dict) -> dict:
     from functools import partial
     from unittest import mock
 
-    import kldm_cli.predict
+    import kldm_cli.sampling.pipeline
     from kldm_cli.evaluate import evaluate_csp
     from kldm_cli.sampling import sample
 
@@ -468,7 +466,7 @@ def part_evaluate_csp(ctx: dict) -> dict:
     cuda = device.startswith("cuda")
     engine = "bf16 autocast" if cuda else "fp32 (CPU dry run: the in-process path, no bf16)"
     started = time.perf_counter()
-    with mock.patch.object(kldm_cli.predict, "sample", partial(sample, bf16=cuda)):
+    with mock.patch.object(kldm_cli.sampling.pipeline, "sample", partial(sample, bf16=cuda)):
         bf16_record = evaluate_csp(
             ctx["test"], weights=str(ctx["csp_weights"]), out=scratch / "eval_csp_bf16.json",
             threads=sizes["threads"], **options,

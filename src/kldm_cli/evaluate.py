@@ -28,7 +28,7 @@ from kldm_cli.candidate_log import CandidateLog
 
 #: ``sampler_fn(weights, compositions, num_samples, *, sampler, steps, seed, device, grid,
 #: batch_atoms, on_batch, done)`` → one list of ``num_samples`` candidate structures per
-#: composition (``kldm_cli.predict.sample_csp``).
+#: composition (``kldm_cli.sampling.pipeline.sample_csp``).
 CSPSampler = Callable[..., list[list[Structure]]]
 
 #: ``progress(message)``: called when a stage starts.
@@ -179,14 +179,14 @@ def evaluate_csp(
     steps from ``seed`` on the time ``grid`` (default: the model's), in batches of
     ``batch_atoms`` atoms on ``threads`` CPU threads (default: one per physical core), then
     matches them (``workers`` processes, ``timeout`` seconds per pair). ``sampler_fn`` replaces
-    :func:`kldm_cli.predict.sample_csp` (tests inject a fake one). Returns the record described
-    in the module docstring and writes it to ``out`` if given; with ``out``, the sampled batches
-    are kept in a :mod:`kldm_cli.candidate_log` until then, and a rerun after an interruption
-    samples only the batches that were not finished.
+    :func:`kldm_cli.sampling.pipeline.sample_csp` (tests inject a fake one). Returns the record
+    described in the module docstring and writes it to ``out`` if given; with ``out``, the sampled
+    batches are kept in a :mod:`kldm_cli.candidate_log` until then, and a rerun after an
+    interruption samples only the batches that were not finished.
     """
     from kldm_cli.metrics.csp import CSP_MATCHER_SETTINGS, match_structures
-    from kldm_cli.predict import DEFAULT_BATCH_ATOMS
-    from kldm_cli.sampling import parse_time_grid, set_threads
+    from kldm_cli.sampling.loop import parse_time_grid, set_threads
+    from kldm_cli.sampling.pipeline import DEFAULT_BATCH_ATOMS
 
     if k < 1:
         raise ValueError(f"k (candidates per target) must be >= 1, got {k}")
@@ -227,7 +227,7 @@ def evaluate_csp(
             report(f"resuming: {len(log.done)} candidates already sampled in {log.path}")
 
     if sampler_fn is None:
-        from kldm_cli.predict import sample_csp as sampler_fn
+        from kldm_cli.sampling.pipeline import sample_csp as sampler_fn
     report(f"sampling {k} candidate(s) for each of {len(targets)} compositions")
     sampling_started = time.perf_counter()
     candidates = sampler_fn(
@@ -378,7 +378,7 @@ def evaluate_dng(
     """
     from kldm_cli.metrics import dng
     from kldm_cli.metrics.validity import compositional_validity, structural_validity
-    from kldm_cli.sampling import set_threads
+    from kldm_cli.threads import set_threads
 
     if dataset_name not in dng.COVERAGE_CUTOFFS:
         raise ValueError(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,14 +19,18 @@ from pymatgen.core import Structure
 
 from kldm_cli.config import KLDMConfig
 from kldm_cli.device import resolve_device
-from kldm_cli.predict import DEFAULT_BATCH_ATOMS, load_model
-from kldm_cli.sampling import (
-    batch_generator,
-    parse_time_grid,
-    plan_batches,
-    sample,
-    samples_to_records,
+from kldm_cli.sampling.loop import parse_time_grid
+from kldm_cli.sampling.models import load_model
+from kldm_cli.sampling.pipeline import (
+    DEFAULT_BATCH_ATOMS,
+    SampleWriter,
+    SamplingPlan,
+    StepCounter,
+    batches_to_sample,
+    sample_batches,
+    sampler_settings,
 )
+from kldm_cli.sampling.shards import END_TIMEOUT, Shard, barrier, process_group, shard_from_env
 from kldm_cli.threads import set_threads
 
 
@@ -81,11 +85,14 @@ class GenerateResult:
     #: many of its files could not be read back (counted as not valid).
     kept_structures: list[Structure] = field(default_factory=list)
     kept_unreadable: int = 0
+    #: Under torchrun, on rank 0: the structures the other ranks wrote (read back at the end).
+    other_ranks: list[Structure] = field(default_factory=list)
 
     @property
     def all_structures(self) -> list[Structure]:
-        """Every structure of the run: kept from before, then new."""
-        return self.kept_structures + self.structures
+        """Every structure of the run: kept from before, then new (this process's, then the
+        other ranks')."""
+        return self.kept_structures + self.structures + self.other_ranks
 
     def composition_counts(self) -> Counter:
         return Counter(s.composition.reduced_formula for s in self.all_structures)
@@ -139,10 +146,11 @@ def generate(
     num_atoms: str | None = None,
     batch_atoms: int = DEFAULT_BATCH_ATOMS,
     resume: bool = False,
-    on_batch: Callable[[int, int], None] | None = None,
+    on_written: Callable[[int, int], None] | None = None,
     grid: str | None = None,
     threads: int | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    shard: Shard | None = None,
 ) -> GenerateResult:
     """Generate ``n`` crystals into ``out`` (see the module docstring).
 
@@ -150,9 +158,47 @@ def generate(
     ``threads`` the CPU threads (default: :func:`kldm_cli.threads.default_threads`);
     ``on_step(done, total)`` is called after every sampler step, counted over all batches still
     to sample. With ``resume``, the folder's samples must have been made with the same settings.
-    """
-    from kldm_cli.data.writers import StructureWriter
 
+    ``shard`` (default: from the ``torchrun`` environment, :func:`shard_from_env`) samples only
+    this process's batches (:mod:`kldm_cli.sampling.shards`); the files are those of a
+    one-process run. Rank 0's result then also holds what the other ranks wrote
+    (``other_ranks``).
+    """
+    shard = shard or shard_from_env()
+    if shard.world_size > 1:
+        if fmt != "cif":
+            raise ValueError(
+                "--format extxyz appends every structure to one file; under torchrun use "
+                "--format cif (one file per sample)"
+            )
+        device = str(resolve_device(device, shard.local_rank))
+    with process_group(shard):  # nothing for one process
+        return _generate(
+            n, weights=weights, out=out, fmt=fmt, method=method, steps=steps, seed=seed,
+            device=device, num_atoms=num_atoms, batch_atoms=batch_atoms, resume=resume,
+            on_written=on_written, grid=grid, threads=threads, on_step=on_step, shard=shard,
+        )  # fmt: skip
+
+
+def _generate(
+    n: int,
+    *,
+    weights: str | None,
+    out: Path,
+    fmt: str,
+    method: str | None,
+    steps: int | None,
+    seed: int,
+    device: str,
+    num_atoms: str | None,
+    batch_atoms: int,
+    resume: bool,
+    on_written: Callable[[int, int], None] | None,
+    grid: str | None,
+    threads: int | None,
+    on_step: Callable[[int, int], None] | None,
+    shard: Shard,
+) -> GenerateResult:
     if n < 1:
         raise ValueError(f"the number of structures must be positive, got {n}")
     if fmt not in ("cif", "extxyz"):
@@ -162,61 +208,45 @@ def generate(
         parse_time_grid(grid)
     loaded = load_model(weights, "dng", device)
     config = loaded.model.config
-    plan = plan_num_atoms(config, n, seed, atom_range)
-    batches = plan_batches(plan, batch_atoms)
-    set_threads(threads, work_atoms=max(sum(plan[i] for i in b) for b in batches))
-    writer = StructureWriter(out, fmt=fmt, prefix="sample")
-    if not resume:
-        writer.refuse_existing("pass --resume to continue that run")
-    existing_metadata = writer.existing_metadata() if resume else {}
-    existing = set(existing_metadata)
-    sampler = replace(
-        config.sampler,
-        method=method or config.sampler.method,  # type: ignore[arg-type]
-        num_steps=steps or config.sampler.num_steps,
-        time_grid=grid or config.sampler.time_grid,
-    )
+    plan = SamplingPlan.dng(config, plan_num_atoms(config, n, seed, atom_range), batch_atoms)
+    set_threads(threads, work_atoms=plan.largest_batch_atoms())
+    sampler = sampler_settings(config, method, steps, grid)
     settings = {
         "seed": seed, "weights_sha256": loaded.weights_sha256, "sampler": sampler.method,
         "steps": sampler.num_steps, "grid": sampler.time_grid, "batch_atoms": batch_atoms,
         "num_atoms_requested": num_atoms or "training distribution",
     }  # fmt: skip
+    writer = SampleWriter(out, fmt, {"model": loaded.source, **settings})
+    if not resume:
+        writer.files.refuse_existing("pass --resume to continue that run")
+    existing_metadata = writer.files.existing_metadata() if resume else {}
+    existing = set(existing_metadata)
     check_resume_settings(existing_metadata, settings, out)
-    target = resolve_device(device)
+    barrier(shard)  # every rank has looked at the folder before any writes to it
     result = GenerateResult(model_source=loaded.source, notice=loaded.notice)
     kept = sorted(existing & set(range(n)))
     result.skipped_existing = len(kept)
-    read_back = writer.read_structures(kept) if kept else []
+    read_back = writer.files.read_structures(kept) if kept else []
     result.kept_structures = [s for s in read_back if s is not None]
     result.kept_unreadable = len(read_back) - len(result.kept_structures)
-    todo_batches = [b for b in batches if any(i not in existing for i in b)]
-    total_steps, steps_done = len(todo_batches) * sampler.num_steps, 0
-
-    def step_done(step: int, num_steps: int) -> None:
-        if on_step is not None:
-            on_step(steps_done + step, total_steps)
-
-    for batch_number, indices in enumerate(batches):
-        todo = [i for i in indices if i not in existing]
-        if not todo:
-            continue
-        generator = batch_generator(seed, batch_number, target)
-        samples = sample(
-            loaded.model, torch.tensor([plan[i] for i in indices]), None, sampler, generator,
-            progress=step_done,
-        )  # fmt: skip
-        steps_done += sampler.num_steps
-        for index, record in zip(indices, samples_to_records(samples), strict=True):
-            if index in existing:
-                continue
-            structure = record.to_structure()
-            metadata = {
-                "formula": structure.composition.formula.replace(" ", ""), "sample_index": index,
-                "model": loaded.source, **settings,
-            }  # fmt: skip
-            result.files.append(writer.write(structure, index, metadata))
-            result.structures.append(structure)
-            result.written += 1
-        if on_batch is not None:
-            on_batch(result.written + result.skipped_existing, n)
+    todo = batches_to_sample(plan, existing, shard)
+    counter = StepCounter(on_step, len(todo) * sampler.num_steps)
+    for indices, structures in sample_batches(
+        loaded.model, plan, sampler, seed=seed, device=device, skip=existing, progress=counter,
+        shard=shard,
+    ):  # fmt: skip
+        result.files += writer.write(indices, structures, skip=existing)
+        result.structures += [
+            s for i, s in zip(indices, structures, strict=True) if i not in existing
+        ]
+        result.written = len(result.structures)
+        if on_written is not None:
+            on_written(result.written + result.skipped_existing, n)
+    barrier(shard, END_TIMEOUT)  # every rank has written its batches
+    if shard.world_size > 1 and shard.is_main:
+        mine = {i for batch in todo for i in batch}
+        others = sorted(set(range(n)) - existing - mine)
+        read_back = writer.files.read_structures(others) if others else []
+        result.other_ranks = [s for s in read_back if s is not None]
+        result.kept_unreadable += len(read_back) - len(result.other_ranks)
     return result

@@ -72,13 +72,18 @@ class HubPushError(ValueError):
 
 @dataclass(frozen=True)
 class Release:
-    """A published model: a Hub repository pinned at ``revision``, bundled in ``weights/<name>``."""
+    """A published model: a Hub repository pinned at ``revision``, bundled in ``weights/<name>``.
+
+    ``max_atoms`` is the largest cell (atoms) the model was trained on, as in its
+    ``config.json``; ``kldm predict`` routes a cell by it (:data:`SIZE_ROUTED_RELEASES`).
+    """
 
     name: str
     task: str
     repo_id: str
     revision: str
     description: str
+    max_atoms: int = 20
 
 
 #: Published models. ``revision`` should be the commit hash of the upload (a tag until then).
@@ -87,20 +92,23 @@ RELEASES: dict[str, Release] = {
     for release in (
         Release(
             "kldm-csp-mp20", "csp", "kldm-project/kldm-csp-mp20", "v0.1.0",
-            "CSP on MP-20 (≤ 20 atoms)",
+            "CSP on MP-20 (≤ 20 atoms)", max_atoms=20,
         ),
         Release(
             "kldm-dng-mp20", "dng", "kldm-project/kldm-dng-mp20", "v0.1.0",
-            "DNG on MP-20 (≤ 20 atoms)",
+            "DNG on MP-20 (≤ 20 atoms)", max_atoms=20,
         ),
         Release(
             "kldm-csp-perov5", "csp", "kldm-project/kldm-csp-perov5", "v0.1.0",
-            "CSP on Perov-5 (5-atom perovskites)",
+            "CSP on Perov-5 (5-atom perovskites)", max_atoms=5,
         ),
     )
 }  # fmt: skip
 #: The release used when ``--weights`` is not given, per task.
 DEFAULT_RELEASES: dict[str, str] = {"csp": "kldm-csp-mp20", "dng": "kldm-dng-mp20"}
+#: The releases ``kldm predict`` chooses from by cell size when ``--weights`` is not given: the
+#: smallest ``max_atoms`` that covers the cell (a larger-cell release joins here when it ships).
+SIZE_ROUTED_RELEASES: dict[str, tuple[str, ...]] = {"csp": ("kldm-csp-mp20",)}
 
 
 @dataclass(frozen=True)

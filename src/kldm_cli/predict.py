@@ -2,243 +2,174 @@
 
 Library entry points behind ``kldm predict``:
 
-- :func:`load_model` — resolve ``--weights`` (folder, ``hf://``, release name) and rebuild the
-  model from its ``config.json``, loading ``model.safetensors`` strictly;
 - :func:`plan_compositions` — a formula and ``--formula-units`` → one atom list per sample,
   refused before any computation if the model cannot handle it;
-- :func:`sample_model` / :func:`sample_csp` — batched reverse sampling → pymatgen Structures;
-- :func:`predict` — all of the above, writing each batch's files as soon as it finishes.
+- :func:`route_formula` — without ``--weights``, each cell (formula × Z) goes to the smallest
+  release that covers it (:func:`kldm_cli.sampling.models.route_cell`);
+- :func:`predict` — the above, then the generation pipeline (:mod:`kldm_cli.sampling.pipeline`)
+  writing each batch's files as soon as it finishes, and the ranked search if asked.
+
+``load_model`` and ``sample_model`` live in :mod:`kldm_cli.sampling` (imported here too for
+callers that still look for them in this module).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from pymatgen.core import Structure
 
-from kldm_cli.config import KLDMConfig, SamplerConfig
+from kldm_cli.config import KLDMConfig
 from kldm_cli.data.formula import parse_formula
-from kldm_cli.data.readers import file_sha256
-from kldm_cli.device import resolve_device
-from kldm_cli.model import KLDM
-from kldm_cli.sampling import (
-    batch_generator,
-    parse_time_grid,
-    plan_batches,
-    sample,
-    samples_to_records,
+from kldm_cli.sampling.loop import parse_time_grid
+from kldm_cli.sampling.models import (
+    LoadedModel,
+    load_model,
+    route_cell,
+    size_routed_releases,
+)
+from kldm_cli.sampling.pipeline import (
+    DEFAULT_BATCH_ATOMS,
+    SampleWriter,
+    SamplingPlan,
+    StepCounter,
+    batches_to_sample,
+    sample_batches,
+    sample_csp,
+    sample_model,
+    sampler_settings,
 )
 from kldm_cli.search import SearchSettings
 from kldm_cli.threads import set_threads
 
-#: Default number of atoms per sampling batch (the fully connected graph grows as atoms²
-#: per crystal, so this bounds memory and keeps a laptop responsive).
-DEFAULT_BATCH_ATOMS = 4096
-
-
-@dataclass
-class LoadedModel:
-    model: KLDM
-    source: str  # where the weights came from (folder path or release)
-    notice: str | None = None
-    weights_sha256: str | None = None
-
-
-def load_model(weights: str | None, task: str, device: str = "cpu") -> LoadedModel:
-    """Resolve and load a model folder for ``task`` ("csp" or "dng")."""
-    from kldm_cli.hub import load_state_dict_strict, read_model_folder, resolve_weights
-
-    resolved = resolve_weights(weights, task)
-    config, state_dict = read_model_folder(resolved.path)
-    if config.task != task:
-        raise ValueError(
-            f"the model in {resolved.path} was trained for {config.task.upper()}, "
-            f"not {task.upper()}; pass a {task.upper()} model with --weights"
-        )
-    model = KLDM(config)
-    load_state_dict_strict(model.network, state_dict, str(resolved.path / "model.safetensors"))
-    model = model.to(resolve_device(device)).eval()
-    return LoadedModel(model, str(resolved.path), resolved.notice, _sha256(resolved.path))
-
-
-def _sha256(folder: Path) -> str | None:
-    path = Path(folder) / "model.safetensors"
-    return file_sha256(path) if path.exists() else None
+__all__ = [
+    "DEFAULT_BATCH_ATOMS", "LoadedModel", "PredictResult", "Route", "load_model",
+    "plan_compositions", "predict", "route_formula", "sample_csp", "sample_model", "write_search",
+]  # fmt: skip
 
 
 # ---------------------------------------------------------------------- compositions
-def check_composition(config: KLDMConfig, atomic_numbers: Sequence[int], label: str) -> None:
-    """Refuse a composition the model cannot generate (unknown element, too many atoms)."""
-    from pymatgen.core import Element
-
-    unknown = sorted(set(atomic_numbers) - set(config.elements))
-    if unknown:
-        symbols = ", ".join(Element.from_Z(z).symbol for z in unknown)
-        raise ValueError(f"{label}: the model was never trained on {symbols}")
-    if len(atomic_numbers) > config.max_atoms:
+def formula_units_options(
+    atoms: Sequence[int], formula_units: str | int, low: int, high: int
+) -> list[int]:
+    """The Z values to sample: ``[Z]`` for an integer, or (``"auto"``) every Z whose cell of
+    ``Z * len(atoms)`` atoms lies in ``[low, high]`` (every Z up to ``high`` if none does)."""
+    if formula_units == "auto":
+        options = [z for z in range(1, high // len(atoms) + 1) if low <= z * len(atoms) <= high]
+        return options or list(range(1, high // len(atoms) + 1)) or [1]
+    try:
+        units = int(formula_units)
+    except ValueError as err:
         raise ValueError(
-            f"{label}: {len(atomic_numbers)} atoms per cell, but the model was trained on "
-            f"cells of at most {config.max_atoms} atoms"
-        )
+            f"--formula-units must be a positive integer or 'auto', got {formula_units!r}"
+        ) from err
+    if units < 1:
+        raise ValueError(f"--formula-units must be a positive integer or 'auto', got {units}")
+    return [units]
+
+
+def _refuse_too_large(formula: str, atoms: Sequence[int], units: int, limit: int, what: str):
+    largest = limit // len(atoms)
+    fits = (
+        f"the largest Z that fits is {largest} (--formula-units {largest})"
+        if largest >= 1
+        else "even one formula unit does not fit"
+    )
+    raise ValueError(
+        f"{formula} × {units} = {units * len(atoms)} atoms per cell, but {what} cells of at most "
+        f"{limit} atoms; {fits}"
+    )
 
 
 def plan_compositions(
-    config: KLDMConfig, formula: str, num_samples: int, formula_units: str | int = 1
+    config: KLDMConfig,
+    formula: str,
+    num_samples: int,
+    formula_units: str | int = 1,
+    atoms: Sequence[int] | None = None,
 ) -> list[list[int]]:
-    """One atom list per sample for ``formula`` × Z.
+    """One atom list per sample for ``formula`` × Z (``atoms``: the formula already parsed).
 
     ``formula_units="auto"`` spreads the samples round-robin over every Z whose cell stays
     within the model's trained atom range.
     """
     if num_samples < 1:
         raise ValueError(f"the number of samples must be positive, got {num_samples}")
-    atoms = parse_formula(formula)
-    if formula_units == "auto":
-        low, high = config.min_atoms, config.max_atoms
-        options = [z for z in range(1, high // len(atoms) + 1) if low <= z * len(atoms) <= high]
-        if not options:
-            options = [z for z in range(1, high // len(atoms) + 1)]
-        if not options:
-            check_composition(config, atoms, formula)  # raises: too many atoms even for Z=1
-        plan = [atoms * options[i % len(options)] for i in range(num_samples)]
-    else:
-        try:
-            units = int(formula_units)
-        except ValueError as err:
-            raise ValueError(
-                f"--formula-units must be a positive integer or 'auto', got {formula_units!r}"
-            ) from err
-        if units < 1:
-            raise ValueError(f"--formula-units must be a positive integer or 'auto', got {units}")
-        plan = [atoms * units] * num_samples
-    for composition in {tuple(c) for c in plan}:
-        if len(composition) > config.max_atoms:
-            largest = config.max_atoms // len(atoms)
-            fits = (
-                f"the largest Z that fits is {largest} (--formula-units {largest})"
-                if largest >= 1
-                else "even one formula unit does not fit"
-            )
-            raise ValueError(
-                f"{formula} × {len(composition) // len(atoms)} = {len(composition)} atoms per "
-                f"cell, but the model was trained on cells of at most {config.max_atoms} atoms; "
-                f"{fits}"
-            )
-        check_composition(config, composition, f"{formula} ({len(composition)} atoms)")
-    return plan
+    atoms = list(atoms) if atoms is not None else parse_formula(formula)
+    options = formula_units_options(atoms, formula_units, config.min_atoms, config.max_atoms)
+    for units in options:
+        if units * len(atoms) > config.max_atoms:
+            _refuse_too_large(formula, atoms, units, config.max_atoms, "the model was trained on")
+    return [atoms * options[i % len(options)] for i in range(num_samples)]
 
 
-# ---------------------------------------------------------------------- sampling
-def sample_model(
-    model: KLDM,
-    compositions: Sequence[Sequence[int]],
+# ---------------------------------------------------------------------- routing
+@dataclass
+class Route:
+    """The samples of one model: their indices and compositions, and the model that makes them."""
+
+    loaded: LoadedModel
+    indices: list[int]
+    compositions: list[list[int]]
+    #: The release chosen by cell size (None with ``--weights``).
+    release: str | None = None
+
+    def describe(self, formula: str, formula_size: int) -> str:
+        """``NaCl × 1 (2 atoms), 4 samples: kldm-csp-mp20 (weights/kldm-csp-mp20)``."""
+        cells = sorted({len(c) for c in self.compositions})
+        zs = ", ".join(f"{formula} × {n // formula_size} ({n} atoms)" for n in cells)
+        name = f"{self.release} ({self.loaded.source})" if self.release else self.loaded.source
+        return f"{zs}, {len(self.indices)} sample(s): {name}"
+
+
+def route_formula(
+    formula: str,
+    atoms: Sequence[int],
     num_samples: int,
+    formula_units: str | int,
     *,
-    method: str = "pc",
-    steps: int = 1000,
-    seed: int = 0,
-    device: str = "cpu",
-    batch_atoms: int = DEFAULT_BATCH_ATOMS,
-    on_batch: Callable[[list[int], list[Structure]], None] | None = None,
-    grid: str | None = None,
-    done: Mapping[int, Structure] | None = None,
-    on_step: Callable[[int, int], None] | None = None,
-) -> list[list[Structure]]:
-    """``num_samples`` candidates for each composition (lists of atomic numbers).
-
-    ``on_step(done, total)`` is called after every sampler step, counted over all the batches
-    still to sample (``total`` = those batches × steps).
-
-    Candidates are sampled in batches of at most ``batch_atoms`` atoms; ``on_batch`` gets the
-    flat job indices (composition index * num_samples + sample index) and structures of each
-    finished batch. ``grid`` is the time grid (``"uniform"``, ``"power[:RHO]"``; default: the
-    model's). A batch whose jobs are all in ``done`` (job index → structure, from an interrupted
-    run with the same arguments) is taken from it instead of sampled; each batch has its own
-    random stream, so the other batches draw what they would have drawn in one run.
-    """
-    jobs = [list(c) for c in compositions for _ in range(num_samples)]
-    for composition in {tuple(c) for c in jobs}:
-        check_composition(model.config, composition, "composition")
-    sampler = replace(model.config.sampler, method=method, num_steps=steps)  # type: ignore[arg-type]
-    if grid is not None:
-        sampler = replace(sampler, time_grid=grid)
-    results: list[Structure | None] = [None] * len(jobs)
-    target = resolve_device(device)
-    done = done or {}
-    batches = plan_batches([len(j) for j in jobs], batch_atoms)
-    step_counter = _StepCounter(on_step, sum(1 for b in batches if not all(i in done for i in b)))
-    for batch_number, indices in enumerate(batches):
-        if all(i in done for i in indices):
-            for i in indices:
-                results[i] = done[i]
-            continue
-        structures = sample_batch(
-            model, [jobs[i] for i in indices], sampler,
-            batch_generator(seed, batch_number, target), progress=step_counter,
-        )  # fmt: skip
-        for i, structure in zip(indices, structures, strict=True):
-            results[i] = structure
-        if on_batch is not None:
-            on_batch(indices, structures)
-    return [results[i * num_samples : (i + 1) * num_samples] for i in range(len(compositions))]  # type: ignore[misc]
-
-
-def sample_batch(
-    model: KLDM,
-    compositions: Sequence[Sequence[int]],
-    sampler: SamplerConfig,
-    generator: torch.Generator,
-    progress: Callable[[int, int], None] | None = None,
-) -> list[Structure]:
-    """One reverse-sampling run for a batch of compositions → Structures (``progress(step,
-    num_steps)`` after each sampler step)."""
-    num_atoms = torch.tensor([len(c) for c in compositions])
-    atomic_numbers = torch.tensor([z for c in compositions for z in c])
-    samples = sample(model, num_atoms, atomic_numbers, sampler, generator, progress)
-    return [record.to_structure() for record in samples_to_records(samples)]
-
-
-class _StepCounter:
-    """Turns each batch's ``progress(step, num_steps)`` into ``on_step(done, total)`` over the
-    ``num_batches`` batches of a run."""
-
-    def __init__(self, on_step: Callable[[int, int], None] | None, num_batches: int) -> None:
-        self.on_step, self.num_batches, self.finished = on_step, num_batches, 0
-
-    def __call__(self, step: int, num_steps: int) -> None:
-        if self.on_step is not None:
-            self.on_step(self.finished + step, self.num_batches * num_steps)
-        if step == num_steps:
-            self.finished += num_steps
-
-
-def sample_csp(
     weights: str | None,
-    compositions: list[list[int]],
-    num_samples: int,
-    *,
-    sampler: str = "pc",
-    steps: int = 1000,
-    seed: int = 0,
     device: str = "cpu",
-    grid: str | None = None,
-    batch_atoms: int = DEFAULT_BATCH_ATOMS,
-    on_batch: Callable[[list[int], list[Structure]], None] | None = None,
-    done: Mapping[int, Structure] | None = None,
-) -> list[list[Structure]]:
-    """Load a CSP model and sample ``num_samples`` candidates per composition.
+) -> list[Route]:
+    """Which model samples which sample index of ``formula`` × Z.
 
-    ``grid``, ``batch_atoms``, ``on_batch`` and ``done`` are those of :func:`sample_model`.
+    With ``weights``: that model, for every sample (:func:`plan_compositions`). Without: each
+    cell goes to the smallest release of :func:`size_routed_releases` that covers it;
+    ``"auto"`` tries every Z up to the largest release's ``max_atoms``. A cell beyond every
+    release is refused with the largest Z that fits.
     """
-    loaded = load_model(weights, "csp", device)
-    return sample_model(
-        loaded.model, compositions, num_samples, method=sampler, steps=steps, seed=seed,
-        device=device, batch_atoms=batch_atoms, on_batch=on_batch, grid=grid, done=done,
-    )  # fmt: skip
+    if weights is not None or not (releases := size_routed_releases("csp")):
+        loaded = load_model(weights, "csp", device)
+        plan = plan_compositions(loaded.model.config, formula, num_samples, formula_units, atoms)
+        return [Route(loaded, list(range(num_samples)), plan)]
+    if num_samples < 1:
+        raise ValueError(f"the number of samples must be positive, got {num_samples}")
+    largest = releases[-1].max_atoms
+    options = formula_units_options(atoms, formula_units, 1, largest)
+    for units in options:
+        if units * len(atoms) > largest:
+            _refuse_too_large(formula, atoms, units, largest, "the largest release covers")
+    release_of = {z: route_cell(z * len(atoms), releases) for z in options}
+    loaded = {}
+    for release in dict.fromkeys(release_of.values()):
+        loaded[release.name] = load_model(release.name, "csp", device)  # type: ignore[union-attr]
+    if formula_units == "auto":  # each model's smallest cells, as with one model
+        kept = [
+            z for z in options
+            if z * len(atoms) >= loaded[release_of[z].name].model.config.min_atoms  # type: ignore[union-attr]
+        ]  # fmt: skip
+        options = kept or options
+    routes: dict[str, Route] = {}
+    for index in range(num_samples):
+        units = options[index % len(options)]
+        name = release_of[units].name  # type: ignore[union-attr]
+        route = routes.setdefault(name, Route(loaded[name], [], [], release=name))
+        route.indices.append(index)
+        route.compositions.append(list(atoms) * units)
+    return list(routes.values())
 
 
 # ---------------------------------------------------------------------- the command
@@ -255,6 +186,8 @@ class PredictResult:
     summary: Path | None = None
     #: Set when the formula has no charge-balanced oxidation states (a typo?); not an error.
     formula_warning: str | None = None
+    #: Which model sampled which cells: one line per model (:meth:`Route.describe`).
+    routes: list[str] = field(default_factory=list)
 
 
 def predict(
@@ -271,7 +204,7 @@ def predict(
     formula_units: str | int = 1,
     batch_atoms: int = DEFAULT_BATCH_ATOMS,
     relax: bool = False,
-    on_batch: Callable[[int, int], None] | None = None,
+    on_written: Callable[[int, int], None] | None = None,
     grid: str | None = None,
     threads: int | None = None,
     search: SearchSettings | None = None,
@@ -281,10 +214,12 @@ def predict(
     """Predict ``num_samples`` structures of ``formula`` and write them to ``out``.
 
     Everything that can be checked is checked before sampling: the formula, the output folder,
-    the model (task, elements, atom range). ``grid`` is the sampler's time grid (default: the
+    the model (task, elements, atom range). Without ``weights`` each cell goes to the release
+    that fits it (:func:`route_formula`). ``grid`` is the sampler's time grid (default: the
     model's); ``threads`` the CPU threads (default: :func:`kldm_cli.threads.default_threads`);
-    ``on_step(done, total)`` follows the sampler steps (see :func:`sample_model`). An ``out``
-    that already holds samples of ``fmt`` (or a ranked search) is refused (the runs would mix).
+    ``on_written(written, total)`` follows the files, ``on_step(done, total)`` the sampler steps.
+    An ``out`` that already holds samples of ``fmt`` (or a ranked search) is refused (the runs
+    would mix).
 
     With ``search`` (a ranked search, :mod:`kldm_cli.search`), ``search.candidates`` candidates
     are sampled with the search's sampler settings (``method``/``steps``/``grid`` override them)
@@ -293,11 +228,10 @@ def predict(
     relaxes and ranks all ``num_samples`` samples (no screening, the model's sampler).
     """
     from kldm_cli.data.formula import charge_balance_warning
-    from kldm_cli.data.writers import StructureWriter
 
     if fmt not in ("cif", "extxyz"):
         raise ValueError(f"Unknown format {fmt!r}; choose cif or extxyz")
-    parse_formula(formula)  # a bad formula is refused before the model is even loaded
+    atoms = parse_formula(formula)  # a bad formula is refused before the model is even loaded
     if grid is not None:
         parse_time_grid(grid)
     if relax and search is None:  # relax every sample, made with the model's sampler
@@ -309,52 +243,79 @@ def predict(
         from kldm_cli.relax import load_chgnet
 
         chgnet = load_chgnet(device)  # without the [relax] extra: refused before sampling
-    loaded = load_model(weights, "csp", device)
-    config = loaded.model.config
-    defaults = search or SearchSettings(sampler=None, steps=None, grid=None)
-    method = method or defaults.sampler or config.sampler.method
-    steps = steps or defaults.steps or config.sampler.num_steps
-    grid = grid or defaults.grid or config.sampler.time_grid
     num_candidates = search.candidates if search is not None else num_samples
-    plan = plan_compositions(config, formula, num_candidates, formula_units)
-    set_threads(threads, work_atoms=min(sum(len(c) for c in plan), batch_atoms))
+    routes = route_formula(
+        formula, atoms, num_candidates, formula_units, weights=weights, device=device
+    )
+    defaults = search or SearchSettings(sampler=None, steps=None, grid=None)
+    jobs = []  # (route, plan, sampler, writer) of each model
+    for route in routes:
+        config = route.loaded.model.config
+        plan = SamplingPlan.csp(config, route.compositions, batch_atoms, label=formula)
+        sampler = sampler_settings(
+            config, method or defaults.sampler, steps or defaults.steps, grid or defaults.grid
+        )
+        jobs.append((route, plan, sampler))
+    set_threads(threads, work_atoms=min(sum(len(c) for r in routes for c in r.compositions),
+                                        batch_atoms))  # fmt: skip
     sample_dir = Path(out) / "candidates" if search is not None else Path(out)
-    writer = StructureWriter(sample_dir, fmt=fmt, prefix="sample")
-    writer.refuse_existing()
+    writers = [
+        SampleWriter(
+            sample_dir,
+            fmt,
+            {
+                "requested_formula": formula,
+                "seed": seed,
+                "model": route.loaded.source,
+                "weights_sha256": route.loaded.weights_sha256,
+                "sampler": sampler.method,
+                "steps": sampler.num_steps,
+                "grid": sampler.time_grid,
+            },
+        )  # fmt: skip
+        for route, _, sampler in jobs
+    ]
+    writers[0].files.refuse_existing()
     if search is not None:
         refuse_existing_search(Path(out))
-    result = PredictResult(model_source=loaded.source, notice=loaded.notice)
-    result.formula_warning = charge_balance_warning(formula)
+    result = PredictResult(
+        model_source=", ".join(r.loaded.source for r in routes),
+        notice="; ".join(dict.fromkeys(r.loaded.notice for r in routes if r.loaded.notice)) or None,
+        formula_warning=charge_balance_warning(formula),
+        routes=[route.describe(formula, len(atoms)) for route in routes],
+    )
 
-    def write_batch(indices: list[int], structures: list[Structure]) -> None:
-        for index, structure in zip(indices, structures, strict=True):
-            metadata = {
-                "formula": structure.composition.formula.replace(" ", ""),
-                "requested_formula": formula, "sample_index": index, "seed": seed,
-                "model": loaded.source, "weights_sha256": loaded.weights_sha256,
-                "sampler": method, "steps": steps, "grid": grid,
-            }  # fmt: skip
-            result.files.append(writer.write(structure, index, metadata))
-            result.structures.append(structure)
-        if on_batch is not None:
-            on_batch(len(result.structures), num_candidates)
-
-    samples = sample_model(
-        loaded.model, plan, 1, method=method, steps=steps, seed=seed, device=device,
-        batch_atoms=batch_atoms, on_batch=write_batch, grid=grid, on_step=on_step,
-    )  # fmt: skip
+    found: dict[int, tuple[Structure, Path]] = {}
+    counter = StepCounter(
+        on_step, sum(len(batches_to_sample(plan)) * sampler.num_steps for _, plan, sampler in jobs)
+    )
+    first_batch = 0
+    for (route, plan, sampler), writer in zip(jobs, writers, strict=True):
+        for indices, structures in sample_batches(
+            route.loaded.model, plan, sampler, seed=seed, device=device, progress=counter,
+            first_batch_number=first_batch,
+        ):  # fmt: skip
+            sample_indices = [route.indices[i] for i in indices]
+            files = writer.write(sample_indices, structures)
+            found.update(zip(sample_indices, zip(structures, files, strict=True), strict=True))
+            if on_written is not None:
+                on_written(len(found), num_candidates)
+        first_batch += len(plan.batches)
+    result.structures = [found[i][0] for i in sorted(found)]
+    result.files = [found[i][1] for i in sorted(found)]
     if search is not None:
         from kldm_cli.search import search_structures
 
-        candidates = [structures[0] for structures in samples]
         result.search = search_structures(
-            candidates, search, model=chgnet, device=device, on_stage=on_stage
+            result.structures, search, model=chgnet, device=device, on_stage=on_stage
         )
         provenance = {
-            "requested_formula": formula, "seed": seed, "model": loaded.source,
-            "weights_sha256": loaded.weights_sha256, "sampler": method, "steps": steps,
-            "grid": grid,
+            key: writers[0].metadata[key] if len(writers) == 1 else
+            [writer.metadata[key] for writer in writers]
+            for key in ("requested_formula", "seed", "model", "weights_sha256", "sampler",
+                        "steps", "grid")
         }  # fmt: skip
+        provenance["requested_formula"], provenance["seed"] = formula, seed
         result.ranked_files, result.summary = write_search(
             result.search, Path(out), num_samples, fmt=fmt, provenance=provenance,
             candidate_files=result.files, symprec=search.symprec,

@@ -10,7 +10,7 @@ import pytest
 from kldm_cli.candidate_log import log_path
 from kldm_cli.data.readers import load_dataset
 from kldm_cli.evaluate import evaluate_csp
-from kldm_cli.predict import load_model, sample_model
+from kldm_cli.sampling import load_model, sample_model
 
 from .conftest import FIXTURES
 

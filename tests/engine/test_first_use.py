@@ -56,7 +56,7 @@ def _interrupted(tiny_dng_model, out, **kwargs):
         raise Stop
 
     with pytest.raises(Stop):
-        generate(5, out=out, on_batch=stop, **kwargs)
+        generate(5, out=out, on_written=stop, **kwargs)
 
 
 BASE = dict(steps=4, seed=3, batch_atoms=10, method="em")
@@ -128,7 +128,7 @@ def test_predict_reports_every_sampler_step_of_every_batch(tiny_csp_model, tmp_p
     predict(
         formula, 3, weights=str(tiny_csp_model), out=tmp_path / "o", steps=4,
         batch_atoms=2 * atoms, on_step=lambda done, total: events.append(("step", done, total)),
-        on_batch=lambda done, total: events.append(("batch", done, total)),
+        on_written=lambda done, total: events.append(("batch", done, total)),
     )  # fmt: skip
     steps = [e for e in events if e[0] == "step"]
     assert steps == [("step", k, 8) for k in range(1, 9)]  # 2 batches x 4 steps

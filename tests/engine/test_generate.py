@@ -55,7 +55,7 @@ def test_interrupt_and_resume_gives_exactly_n(tiny_dng_model, tmp_path):
         raise Interrupt
 
     with pytest.raises(Interrupt):
-        generate(7, out=out, on_batch=stop_after_first_batch, **kwargs)
+        generate(7, out=out, on_written=stop_after_first_batch, **kwargs)
     first = sorted(p.name for p in out.glob("*.cif"))
     assert 0 < len(first) < 7
     with pytest.raises(ValueError, match="--resume"):

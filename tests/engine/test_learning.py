@@ -10,7 +10,7 @@ import torch
 from pymatgen.analysis.structure_matcher import StructureMatcher
 
 from kldm_cli.data.readers import load_dataset
-from kldm_cli.predict import load_model, sample_model
+from kldm_cli.sampling import load_model, sample_model
 from kldm_cli.train import TrainOptions, train
 
 from .conftest import FIXTURES

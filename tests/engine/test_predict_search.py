@@ -70,7 +70,7 @@ def test_without_chgnet_the_search_is_refused_before_sampling(
     def no_sampling(*args, **kwargs):
         raise AssertionError("sampled although CHGNet is missing")
 
-    monkeypatch.setattr(predict_module, "sample_model", no_sampling)
+    monkeypatch.setattr(predict_module, "sample_batches", no_sampling)
     runner = CliRunner()
     outcome = runner.invoke(
         app,

@@ -20,8 +20,6 @@ from kldm_cli.model import KLDM
 from kldm_cli.nn.cspnet import EdgeGraph, pair_edges
 from kldm_cli.sampling import (
     ReverseStepper,
-    _Evaluator,
-    _StaticStep,
     batch_generator,
     parse_time_grid,
     physical_cores,
@@ -31,6 +29,7 @@ from kldm_cli.sampling import (
     set_threads,
     time_grid,
 )
+from kldm_cli.sampling.loop import _Evaluator, _StaticStep
 
 ELEMENTS = [3, 8, 26, 29]
 

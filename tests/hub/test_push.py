@@ -19,7 +19,7 @@ from kldm_cli.cli.main import app
 from kldm_cli.config import KLDMConfig, LatticeStats, NetworkConfig
 from kldm_cli.hub import HubPushError, ModelLoadError, push_model_folder
 from kldm_cli.model import KLDM
-from kldm_cli.predict import load_model
+from kldm_cli.sampling import load_model
 
 from .conftest import CARD, tiny_state_dict
 from .fake_hub import FakeHub

@@ -49,7 +49,7 @@ def test_evaluate_csp_with_a_patched_sampler(
     def fake_sample_csp(weights, compositions, num_samples, *, sampler, steps, seed, device, **_):
         return [[targets[i]] * num_samples for i in range(len(compositions))]
 
-    monkeypatch.setattr("kldm_cli.predict.sample_csp", fake_sample_csp)
+    monkeypatch.setattr("kldm_cli.sampling.pipeline.sample_csp", fake_sample_csp)
     out = tmp_path / "csp.json"
     result = runner.invoke(
         app,

@@ -46,24 +46,25 @@ class SamplingProgress:
     """A rich progress bar for ``predict`` / ``generate``: sampler steps over the whole run
     (every batch), with the structures written so far, elapsed time and an ETA.
 
-    Use as a context manager; pass :meth:`on_step` and :meth:`on_batch` to the library call.
+    Use as a context manager; pass :meth:`on_step` and :meth:`on_written` to the library call.
     """
 
-    def __init__(self, label: str, total_structures: int) -> None:
+    def __init__(self, label: str, total_structures: int, show: bool = True) -> None:
         self.total_structures = total_structures
         self.progress = Progress(
             TextColumn(f"[bold]{label}"), BarColumn(),
             TextColumn("{task.fields[steps]}"), TextColumn("{task.fields[done]}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+            disable=not show,
         )  # fmt: skip
         self.task = self.progress.add_task(label, total=None, steps="loading model", done="")
-        self.on_batch(0, total_structures)
+        self.on_written(0, total_structures)
 
     def on_step(self, done: int, total: int) -> None:
         """``done`` of ``total`` sampler steps finished (all batches of the run together)."""
         self.progress.update(self.task, completed=done, total=total, steps=f"step {done}/{total}")
 
-    def on_batch(self, done: int, total: int) -> None:
+    def on_written(self, done: int, total: int) -> None:
         """``done`` of ``total`` structures written."""
         self.progress.update(self.task, done=f"{done}/{total} structures")
 

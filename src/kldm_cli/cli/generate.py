@@ -41,23 +41,33 @@ def generate_command(
     threads: int | None = threads_option(),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
 ) -> None:
-    """Generate new crystals (species, coordinates and lattice)."""
+    """Generate new crystals (species, coordinates and lattice).
+
+    Under [bold]torchrun --nproc-per-node K[/] the batches are shared out over the K processes
+    (the same files as one process; rank 0 prints the summary).
+    """
     from kldm_cli.generate import generate
     from kldm_cli.metrics.validity import structural_validity
+    from kldm_cli.sampling.shards import shard_from_env
 
     check_count_and_sampler(n, "--n", sampler)
-    with user_errors(), SamplingProgress("generate", n) as progress:
+    with user_errors():
+        shard = shard_from_env()
+    with user_errors(), SamplingProgress("generate", n, show=shard.is_main) as progress:
         result = generate(
             n, weights=weights, out=out, fmt=fmt, method=sampler, steps=steps, seed=seed,
             device=device, num_atoms=num_atoms, batch_atoms=batch_atoms, resume=resume,
-            on_batch=progress.on_batch, grid=grid, threads=threads, on_step=progress.on_step,
+            on_written=progress.on_written, grid=grid, threads=threads, on_step=progress.on_step,
+            shard=shard,
         )  # fmt: skip
+    if not shard.is_main:
+        return
     if result.notice:
         err_console.print(result.notice)
     structures = result.all_structures
     valid = sum(structural_validity(s) for s in structures)
     console.print(
-        f"[green]{result.written}[/] new structures in {out}"
+        f"[green]{result.written + len(result.other_ranks)}[/] new structures in {out}"
         + (f" ({result.skipped_existing} kept from before)" if result.skipped_existing else "")
         + f"; structurally valid: {valid}/{len(structures) + result.kept_unreadable}"
         + (" (the whole folder)" if result.skipped_existing else "")

@@ -100,11 +100,13 @@ def predict_command(
         result = predict(
             formula, n, weights=weights, out=out, fmt=fmt, method=sampler, steps=steps,
             seed=seed, device=device, formula_units=formula_units, batch_atoms=batch_atoms,
-            on_batch=progress.on_batch, grid=grid, threads=threads, on_step=progress.on_step,
+            on_written=progress.on_written, grid=grid, threads=threads, on_step=progress.on_step,
             search=search, on_stage=progress.on_stage,
         )  # fmt: skip
     if result.notice:
         err_console.print(result.notice)
+    for route in result.routes:
+        err_console.print(f"Model: {route}", highlight=False)
     if result.formula_warning:
         err_console.print(f"[yellow]Warning:[/] {result.formula_warning}", highlight=False)
     if result.search is not None:

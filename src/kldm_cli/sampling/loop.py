@@ -25,7 +25,8 @@ Engine (what makes a step cheap; ``benchmarks/bench_sampling.py`` measures it):
   network evaluation: the edge list and its pairing, in-degrees and atoms per crystal
   (:class:`~kldm_cli.nn.cspnet.EdgeGraph`) and, for CSP, the one-hot node features;
 - the whole batch is one tensor program (no Python loop over crystals), batches are filled up to
-  an atom budget (:func:`plan_batches`), and sampling runs under ``torch.inference_mode``;
+  an atom budget (:func:`kldm_cli.sampling.pipeline.plan_batches`), and sampling runs under
+  ``torch.inference_mode``;
 - on CUDA, opt-in and unmeasured so far: ``cuda_graph=True`` captures one sampler step in a CUDA
   graph and replays it; ``bf16=True`` runs the network under bf16 autocast.
 """
@@ -33,7 +34,7 @@ Engine (what makes a step cheap; ``benchmarks/bench_sampling.py`` measures it):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,6 @@ from torch import Tensor
 
 from kldm_cli.config import SamplerConfig
 from kldm_cli.data.batch import batch_index_from_num_atoms, fully_connected_edges
-from kldm_cli.data.records import CrystalRecord
 from kldm_cli.diffusion.reverse import ReverseProcess, ReverseStep, StepContext, StepKind
 from kldm_cli.model import KLDM, SampleState
 from kldm_cli.nn import NetworkOutput
@@ -446,44 +446,3 @@ def _finalize(
         atomic_numbers=model.atomic_numbers(type_index).cpu(),
         num_atoms=num_atoms,
     )
-
-
-# ---------------------------------------------------------------------- batching
-def plan_batches(num_atoms: Sequence[int], atom_budget: int) -> list[list[int]]:
-    """Split crystal indices into consecutive batches of at most ``atom_budget`` atoms.
-
-    A crystal larger than the budget gets a batch of its own.
-    """
-    if atom_budget < 1:
-        raise ValueError(f"the atom budget per batch must be positive, got {atom_budget}")
-    batches: list[list[int]] = []
-    current: list[int] = []
-    current_atoms = 0
-    for index, count in enumerate(num_atoms):
-        if current and current_atoms + count > atom_budget:
-            batches.append(current)
-            current, current_atoms = [], 0
-        current.append(index)
-        current_atoms += count
-    if current:
-        batches.append(current)
-    return batches
-
-
-def batch_generator(seed: int, batch_number: int, device: torch.device | str = "cpu"):
-    """The random generator of one batch: fixed by (seed, batch number), so a resumed or
-    partial run reproduces exactly the batches an uninterrupted run would have made."""
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + batch_number)
-
-
-def samples_to_records(samples: Samples) -> list[CrystalRecord]:
-    """Generated tensors → one :class:`CrystalRecord` per crystal."""
-    return [
-        CrystalRecord(
-            frac_coords=coords.numpy(),
-            lengths=lengths.numpy(),
-            angles=angles.numpy(),
-            atomic_numbers=numbers.numpy().astype("int64"),
-        )
-        for coords, lengths, angles, numbers in samples.split()
-    ]
