@@ -723,11 +723,11 @@ def check_model_folder(path: str | Path) -> KLDMConfig:
 def write_missing_card(folder: str | Path, config: KLDMConfig) -> Path | None:
     """Write ``README.md`` from the run's metadata when the folder has none; returns its path.
 
-    The card is :func:`kldm_cli.train.model_card` of ``config`` (task, data and its sha256 from
+    The card is :func:`kldm_cli.training.model_card` of ``config`` (task, data and its sha256 from
     ``provenance``, network) and of the last step/epoch in ``train_log.jsonl`` if there is one.
     Returns ``None`` (and writes nothing) when a card exists.
     """
-    from kldm_cli.train import LOG_NAME, model_card, read_training_log
+    from kldm_cli.training import LOG_NAME, model_card, read_training_log
 
     folder = Path(folder)
     card_path = folder / CARD_NAME

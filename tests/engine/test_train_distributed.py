@@ -12,7 +12,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from kldm_cli.train import (
+from kldm_cli.training import (
     Trainer,
     TrainOptions,
     distributed_from_env,

@@ -8,9 +8,9 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 import kldm_cli.predict
-from kldm_cli.checkpoint import load_checkpoint
 from kldm_cli.hub import read_card_metadata, read_model_folder
-from kldm_cli.train import Trainer, TrainOptions, train
+from kldm_cli.training import Trainer, TrainOptions, train
+from kldm_cli.training.checkpoint import load_checkpoint
 
 from .conftest import FIXTURES
 
