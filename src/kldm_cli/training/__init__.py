@@ -21,7 +21,8 @@ each process joins a process group (NCCL on CUDA, Gloo on CPU), trains the same 
 :class:`~torch.nn.parallel.DistributedDataParallel` on a disjoint shard of every epoch's
 permutation (the same permutation on all ranks, see
 :func:`~kldm_cli.training.dataset.shard_order`) with its own noise generator seeded
-``seed + rank``; ``--batch-size`` is per process. Only rank 0 writes files and validates. See ``docs/training.md``.
+``seed + rank``; ``--batch-size`` is per process. Only rank 0 writes files and validates.
+See ``docs/training.md``.
 
 Modules: :mod:`.options` (options, result, model config), :mod:`.dataset` (records, packing,
 epoch order), :mod:`.schedule` (learning rate, EMA), :mod:`.distributed` (process group and
