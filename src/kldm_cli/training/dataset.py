@@ -70,7 +70,6 @@ def select_by_atoms(
     return kept, note
 
 
-
 def epoch_order(num_records: int, seed: int, epoch: int) -> torch.Tensor:
     """The data order of one epoch: a permutation fixed by (seed, epoch), so resume replays it."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)

@@ -111,7 +111,6 @@ def _running_mean(values: Sequence[float], window: int = 10) -> list[float]:
     return out
 
 
-
 def truncate_log(path: Path, step: int, epoch: int) -> None:
     """Drop the records of ``path`` written after ``step`` / ``epoch`` (a resumed run redoes
     them), and torn lines from a crash."""

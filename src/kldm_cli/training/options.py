@@ -72,7 +72,6 @@ class TrainResult:
     interrupted: bool = False
 
 
-
 def check_options(options: TrainOptions) -> None:
     """Refuse option values that cannot work, before any data is read."""
     if options.precision not in PRECISIONS:
@@ -194,4 +193,3 @@ def _with_network_io(config: KLDMConfig) -> KLDMConfig:
         process = make_type_process(config.types, num_classes=len(config.elements))
         io = dict(node_input_dim=process.state_dim, type_output_dim=process.output_dim)
     return replace(config, network=replace(config.network, **io))
-

@@ -24,7 +24,6 @@ class EMA:
                 self.shadow[name].copy_(value)
 
 
-
 def learning_rate_at(
     step: int, base: float, schedule: str, warmup: int, total: int, decay_start: int = 0
 ) -> float:
