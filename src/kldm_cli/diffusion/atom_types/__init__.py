@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from kldm_cli.config import TypeDiffusionConfig
 from kldm_cli.diffusion.atom_types.analog_bits import AnalogBitsDiffusion
-from kldm_cli.diffusion.atom_types.base import IGNORE_INDEX, AtomTypeProcess
+from kldm_cli.diffusion.atom_types.base import IGNORE_INDEX, AtomTypeProcess, atom_times
 from kldm_cli.diffusion.atom_types.continuous import ContinuousTypeDiffusion
 from kldm_cli.diffusion.atom_types.masking import MaskingDiffusion, MaskingScheduleName
 from kldm_cli.diffusion.atom_types.one_hot import OneHotDiffusion
@@ -44,6 +44,7 @@ __all__ = [
     "MaskingDiffusion",
     "MaskingScheduleName",
     "OneHotDiffusion",
+    "atom_times",
     "make_type_process",
 ]
 

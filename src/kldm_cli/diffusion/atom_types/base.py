@@ -68,61 +68,29 @@ class AtomTypeProcess(torch.nn.Module):
         """A draw from the process at ``t01 = 1`` for ``num_atoms_total`` atoms."""
         raise NotImplementedError
 
-    def step(
-        self,
-        t01: Tensor,
-        dt01: float,
-        state: Tensor,
-        prediction: Tensor,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """One reverse step from ``t01 [N]`` to ``t01 + dt01`` (``dt01 < 0``)."""
+    def step(self, step: ReverseStep, state: Tensor, prediction: Tensor) -> Tensor:
+        """One reverse step from ``step.t01`` to ``step.t01 + step.dt01`` (``dt01 < 0``) for
+        ``state`` and the network's ``prediction [N, output_dim]``: the EM step."""
         raise NotImplementedError
 
-    def step_predictor(
-        self,
-        t01: Tensor,
-        dt01: float,
-        state: Tensor,
-        prediction: Tensor,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
+    def step_predictor(self, step: ReverseStep, state: Tensor, prediction: Tensor) -> Tensor:
         """Predictor of predictor–corrector sampling; :meth:`step` unless a process differs."""
-        return self.step(t01, dt01, state, prediction, generator)
+        return self.step(step, state, prediction)
 
-    def step_corrector(
-        self,
-        t01: Tensor,
-        dt01: float,
-        state: Tensor,
-        prediction: Tensor,
-        tau: float = 0.25,
-        generator: torch.Generator | None = None,
-        *,
-        batch_index: Tensor | None = None,
-        num_crystals: int | None = None,
-    ) -> Tensor:
-        """Corrector of predictor–corrector sampling at ``t01``; the identity unless a process
-        has one (the masking process has none, as in the reference).
-
-        ``batch_index [N]`` / ``num_crystals`` let a corrector pool its step size per crystal.
-        """
-        del t01, dt01, prediction, tau, generator, batch_index, num_crystals
+    def step_corrector(self, step: ReverseStep, state: Tensor, prediction: Tensor) -> Tensor:
+        """Corrector of predictor–corrector sampling at ``step.t01`` (time does not move), step
+        size ``step.context.tau``; the identity unless a process has one (the masking process
+        has none, as in the reference)."""
+        del step, prediction
         return state
 
     def reverse_step(self, step: ReverseStep, state: Tensor, prediction: Tensor) -> Tensor:
-        """The sampler's interface (:mod:`kldm_cli.diffusion.reverse`): ``step.t01 [B]`` per
-        crystal, gathered per atom; ``step.kind`` picks :meth:`step` (EM),
-        :meth:`step_predictor` or :meth:`step_corrector` (pooled per crystal)."""
-        context = step.context
-        args = (step.t01[context.batch_index], step.dt01, state, prediction)
+        """The sampler's interface (:mod:`kldm_cli.diffusion.reverse`): ``step.kind`` picks
+        :meth:`step` (EM), :meth:`step_predictor` or :meth:`step_corrector`. ``step.t01 [B]`` has
+        one time per crystal; :func:`atom_times` gathers it per atom."""
         if step.kind == "corrector":
-            return self.step_corrector(
-                *args, context.tau, step.generator,
-                batch_index=context.batch_index, num_crystals=context.num_crystals,
-            )  # fmt: skip
-        em_or_predictor = step_function(step.kind, self.step, self.step_predictor)
-        return em_or_predictor(*args, step.generator)
+            return self.step_corrector(step, state, prediction)
+        return step_function(step.kind, self.step, self.step_predictor)(step, state, prediction)
 
     def decode(self, state: Tensor) -> Tensor:
         """Final mapping of a state to class indices ``[N]`` (long, in ``[0, K)``)."""
@@ -148,3 +116,8 @@ class AtomTypeProcess(torch.nn.Module):
                 f"prediction must have shape ({num_atoms}, {self.output_dim}), "
                 f"got {tuple(prediction.shape)}"
             )
+
+
+def atom_times(step: ReverseStep) -> Tensor:
+    """The time of each atom's crystal, ``[N]``: ``step.t01[step.context.batch_index]``."""
+    return step.t01[step.context.batch_index]

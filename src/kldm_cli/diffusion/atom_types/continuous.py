@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 
 from kldm_cli.config import LatticeDiffusionConfig
-from kldm_cli.diffusion.atom_types.base import TINY, AtomTypeProcess
+from kldm_cli.diffusion.atom_types.base import TINY, AtomTypeProcess, atom_times
+from kldm_cli.diffusion.reverse import ReverseStep
 from kldm_cli.diffusion.vp_sde import VPSDE, randn_like
 
 
@@ -70,48 +71,42 @@ class ContinuousTypeDiffusion(AtomTypeProcess):
         """The x₀ estimate the reverse steps use for a network prediction."""
         return prediction
 
-    def step(
-        self,
-        t01: Tensor,
-        dt01: float,
-        state: Tensor,
-        prediction: Tensor,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
+    def step(self, step: ReverseStep, state: Tensor, prediction: Tensor) -> Tensor:
         """Euler–Maruyama step of the reverse SDE (:meth:`VPSDE.step_em`)."""
-        return self._sde_step(self.sde.step_em, t01, dt01, state, prediction, generator)
+        return self._sde_step(self.sde.step_em, step, state, prediction)
 
-    def step_predictor(
-        self,
-        t01: Tensor,
-        dt01: float,
-        state: Tensor,
-        prediction: Tensor,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
+    def step_predictor(self, step: ReverseStep, state: Tensor, prediction: Tensor) -> Tensor:
         """Deterministic DDIM predictor (:meth:`VPSDE.step_predictor`), as the reference's PC."""
-        return self._sde_step(self.sde.step_predictor, t01, dt01, state, prediction, generator)
+        return self._sde_step(self.sde.step_predictor, step, state, prediction)
 
     def _sde_step(
-        self, sde_step: Callable[..., Tensor], t01: Tensor, dt01: float, state: Tensor,
-        prediction: Tensor, generator: torch.Generator | None,
-    ) -> Tensor:  # fmt: skip
+        self, sde_step: Callable[..., Tensor], step: ReverseStep, state: Tensor, prediction: Tensor
+    ) -> Tensor:
         self._check_prediction(prediction, state.shape[0])
-        return sde_step(t01, dt01, state, self.x0_estimate(prediction), generator)
+        pred_x0 = self.x0_estimate(prediction)
+        return sde_step(atom_times(step), step.dt01, state, pred_x0, step.generator)
 
-    def step_corrector(
+    def step_corrector(self, step: ReverseStep, state: Tensor, prediction: Tensor) -> Tensor:
+        """Langevin corrector (:meth:`corrector`) with its step size pooled per crystal."""
+        self._check_prediction(prediction, state.shape[0])
+        context = step.context
+        return self.corrector(
+            atom_times(step), state, self.x0_estimate(prediction), context.tau, step.generator,
+            batch_index=context.batch_index, num_crystals=context.num_crystals,
+        )  # fmt: skip
+
+    def corrector(
         self,
         t01: Tensor,
-        dt01: float,
         state: Tensor,
-        prediction: Tensor,
+        pred_x0: Tensor,
         tau: float = 0.25,
         generator: torch.Generator | None = None,
         *,
         batch_index: Tensor | None = None,
         num_crystals: int | None = None,
     ) -> Tensor:
-        """Langevin corrector at ``t01`` (time does not move; ``dt01`` is unused).
+        """Langevin corrector at ``t01 [N]`` (time does not move) for the x₀ estimate ``pred_x0``.
 
         ``x ← x + δ s + √(2δ) ε`` with the score ``s`` of :meth:`VPSDE.score` and
         ``δ = tau / mean(s²)``. With ``batch_index [N]`` the mean runs over all features of all
@@ -120,10 +115,8 @@ class ContinuousTypeDiffusion(AtomTypeProcess):
         Pass ``batch_index``: a per-atom step size is noisy for a few features (analog bits) and
         biases the sampled class frequencies (test_atom_types.py, the fixed-prior test).
         """
-        self._check_prediction(prediction, state.shape[0])
-        pred_x0 = self.x0_estimate(prediction)
         if batch_index is None:
-            return self.sde.step_corrector(t01, dt01, state, pred_x0, tau=tau, generator=generator)
+            return self.sde.step_corrector(t01, 0.0, state, pred_x0, tau=tau, generator=generator)
         if batch_index.shape != (state.shape[0],):
             raise ValueError(
                 f"batch_index must have shape ({state.shape[0]},), got {tuple(batch_index.shape)}"

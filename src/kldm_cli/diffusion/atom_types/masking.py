@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kldm_cli.diffusion.atom_types.base import IGNORE_INDEX, TINY, AtomTypeProcess
+from kldm_cli.diffusion.atom_types.base import IGNORE_INDEX, TINY, AtomTypeProcess, atom_times
+from kldm_cli.diffusion.reverse import ReverseStep
 
 MaskingScheduleName = Literal["linear", "cosine"]
 
@@ -161,22 +162,13 @@ class MaskingDiffusion(AtomTypeProcess):
         final = next_t01 <= self.final_t01 + 1e-6
         return torch.where(final, torch.ones_like(probability), probability.clamp(0.0, 1.0))
 
-    def step(
-        self,
-        t01: Tensor,
-        dt01: float,
-        state: Tensor,
-        prediction: Tensor,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
+    def step(self, step: ReverseStep, state: Tensor, prediction: Tensor) -> Tensor:
         """Unmask each masked atom with probability :meth:`unmask_probability` to a class drawn
         from ``softmax(prediction)``; unmasked atoms are carried over unchanged."""
         self.network_input(state)  # validates the state
         self._check_prediction(prediction, state.shape[0])
-        t01 = torch.as_tensor(t01, device=state.device).reshape(-1)
-        if t01.numel() not in (1, state.numel()):
-            raise ValueError(f"need one t01 per atom, got {t01.numel()} for {state.numel()}")
-        probability = self.unmask_probability(t01, dt01).expand(state.shape)
+        generator = step.generator
+        probability = self.unmask_probability(atom_times(step), step.dt01).expand(state.shape)
         unmask = _rand(tuple(state.shape), generator, state.device) < probability
         drawn = _categorical(torch.softmax(prediction.detach().float(), dim=-1), generator)
         return torch.where((state == self.mask_index) & unmask, drawn, state)
