@@ -485,7 +485,8 @@ def part_evaluate_csp(ctx: dict) -> dict:
 def part_train_throughput(ctx: dict) -> dict:
     import torch
 
-    from kldm_cli.training import Trainer, TrainOptions, epoch_order, iterate_batches
+    from kldm_cli.training import Trainer, TrainOptions
+    from kldm_cli.training.dataset import epoch_order, iterate_batches
 
     sizes, device = ctx["sizes"], ctx["device"]
     rows = []

@@ -15,17 +15,10 @@ from kldm_cli.data.batch import CrystalBatch
 from kldm_cli.data.readers import load_dataset
 from kldm_cli.hub import read_card_metadata, read_model_folder
 from kldm_cli.model import KLDM
-from kldm_cli.training import (
-    PackedCrystals,
-    TrainOptions,
-    cpu_flags,
-    cpu_has_native_bf16,
-    learning_rate_at,
-    read_training_log,
-    train,
-)
-from kldm_cli.training.checkpoint import load_checkpoint
-from kldm_cli.training.precision import _TrainingForward
+from kldm_cli.training import TrainOptions, load_checkpoint, read_training_log, train
+from kldm_cli.training.dataset import PackedCrystals
+from kldm_cli.training.precision import _TrainingForward, cpu_flags, cpu_has_native_bf16
+from kldm_cli.training.schedule import learning_rate_at
 
 from .conftest import FIXTURES
 

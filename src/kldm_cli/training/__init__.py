@@ -32,63 +32,24 @@ collectives), :mod:`.precision` (bf16), :mod:`.checkpoint`, :mod:`.log` (log and
 
 from kldm_cli.training.card import model_card
 from kldm_cli.training.checkpoint import load_checkpoint, save_checkpoint
-from kldm_cli.training.dataset import (
-    DEFAULT_MAX_ATOMS,
-    PackedCrystals,
-    epoch_order,
-    iterate_batches,
-    select_by_atoms,
-    shard_order,
-    skipped_notes,
-    steps_per_epoch,
-)
 from kldm_cli.training.distributed import DistributedInfo, distributed_from_env
 from kldm_cli.training.log import plot_training_log, read_training_log
-from kldm_cli.training.options import (
-    CHECKPOINT_NAME,
-    LOG_NAME,
-    PLOT_NAME,
-    TrainOptions,
-    TrainResult,
-    build_config,
-    check_options,
-    command_line,
-)
-from kldm_cli.training.precision import check_bf16_support, cpu_flags, cpu_has_native_bf16
-from kldm_cli.training.schedule import EMA, learning_rate_at
+from kldm_cli.training.options import LOG_NAME, PLOT_NAME, TrainOptions, TrainResult, build_config
 from kldm_cli.training.trainer import Trainer, train
-from kldm_cli.training.validation import VAL_SEED
 
 __all__ = [
-    "CHECKPOINT_NAME",
-    "DEFAULT_MAX_ATOMS",
-    "EMA",
     "LOG_NAME",
     "PLOT_NAME",
-    "VAL_SEED",
     "DistributedInfo",
-    "PackedCrystals",
     "TrainOptions",
     "TrainResult",
     "Trainer",
     "build_config",
-    "check_bf16_support",
-    "check_options",
-    "command_line",
-    "cpu_flags",
-    "cpu_has_native_bf16",
     "distributed_from_env",
-    "epoch_order",
-    "iterate_batches",
-    "learning_rate_at",
     "load_checkpoint",
     "model_card",
     "plot_training_log",
     "read_training_log",
     "save_checkpoint",
-    "select_by_atoms",
-    "shard_order",
-    "skipped_notes",
-    "steps_per_epoch",
     "train",
 ]
