@@ -11,8 +11,8 @@ from typing import Any
 
 from kldm_cli.data.cache import file_sha256
 from kldm_cli.data.cif import parse_cifs
-from kldm_cli.data.parsed import ProgressCallback, record_from_result
-from kldm_cli.data.records import CrystalDataset, CrystalRecord, SkippedRow
+from kldm_cli.data.parsed import DatasetCollector, ProgressCallback
+from kldm_cli.data.records import CrystalDataset, SkippedRow
 
 
 def read_csv(
@@ -62,25 +62,14 @@ def read_csv(
     results = parse_cifs([cif for _, cif in tasks], niggli, num_workers, progress, False)
     parsed = {row_index: blocks[0] for (row_index, _), blocks in zip(tasks, results, strict=True)}
 
-    records: list[CrystalRecord] = []
-    skipped_rows: list[SkippedRow] = []
+    collected = DatasetCollector()
     for row_index, (material_id, metadata) in enumerate(row_info):
         if row_index in skipped:
-            skipped_rows.append(skipped[row_index])
+            collected.skipped.append(skipped[row_index])
             continue
-        result = parsed[row_index]
-        if result[0] == "skip":
-            location = f"{path.name}:row {row_index}" + (f" ({material_id})" if material_id else "")
-            skipped_rows.append(SkippedRow(location, result[2], result[1]))
-            continue
-        records.append(record_from_result(result, material_id, metadata))
-    return CrystalDataset(
-        records=records,
-        skipped=skipped_rows,
-        source=str(path),
-        content_hash=file_sha256(path),
-        niggli=niggli,
-    )
+        location = f"{path.name}:row {row_index}" + (f" ({material_id})" if material_id else "")
+        collected.add(parsed[row_index], location, material_id, metadata)
+    return collected.dataset(path, file_sha256(path), niggli=niggli)
 
 
 def _read_csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:

@@ -16,6 +16,7 @@ import numpy as np
 from kldm_cli.data.cache import file_sha256, files_sha256
 from kldm_cli.data.cif_p1 import _parse_p1_cif
 from kldm_cli.data.parsed import (
+    DatasetCollector,
     ParseResult,
     ProgressCallback,
     check_parsed_cell,
@@ -63,27 +64,20 @@ def read_cif_folder(
             skipped_by_file[i] = SkippedRow(str(file), f"cannot read file ({err})", "unreadable")
     results = parse_cifs(texts, niggli, num_workers, progress, True)
 
-    records: list[CrystalRecord] = []
-    skipped: list[SkippedRow] = []
+    collected = DatasetCollector()
     for i, (file, text, blocks) in enumerate(zip(files, texts, results, strict=True)):
         if i in skipped_by_file:
-            skipped.append(skipped_by_file[i])
+            collected.skipped.append(skipped_by_file[i])
             continue
         metadata = {"file": file.name, **parse_cif_metadata(text)}
         for k, result in enumerate(blocks):
-            location = str(file) if len(blocks) == 1 else f"{file}#{k}"
-            if result[0] == "skip":
-                skipped.append(SkippedRow(location, result[2], result[1]))
-                continue
-            material_id = file.stem if len(blocks) == 1 else f"{file.stem}#{k}"
-            records.append(record_from_result(result, material_id, dict(metadata)))
-    return CrystalDataset(
-        records=records,
-        skipped=skipped,
-        source=str(path),
-        content_hash=files_sha256(files) if path.is_dir() else file_sha256(path),
-        niggli=niggli,
-    )
+            one = len(blocks) == 1
+            location, material_id = (
+                (str(file), file.stem) if one else (f"{file}#{k}", f"{file.stem}#{k}")
+            )
+            collected.add(result, location, material_id, dict(metadata))
+    content_hash = files_sha256(files) if path.is_dir() else file_sha256(path)
+    return collected.dataset(path, content_hash, niggli=niggli)
 
 
 def cif_files(folder: Path) -> list[Path]:

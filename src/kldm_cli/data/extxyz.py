@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from kldm_cli.data.cache import file_sha256
-from kldm_cli.data.parsed import check_parsed_cell, record_from_result
-from kldm_cli.data.records import CrystalDataset, CrystalRecord, SkippedRow
+from kldm_cli.data.parsed import DatasetCollector, check_parsed_cell
+from kldm_cli.data.records import CrystalDataset, SkippedRow
 
 
 def read_extxyz(path: str | Path, *, niggli: bool = True) -> CrystalDataset:
@@ -26,8 +26,7 @@ def read_extxyz(path: str | Path, *, niggli: bool = True) -> CrystalDataset:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ValueError(f"No such file: {path}")
-    records: list[CrystalRecord] = []
-    skipped: list[SkippedRow] = []
+    collected = DatasetCollector()
     frames = ase.io.iread(path, index=":", format="extxyz")
     frame_index = 0
     while True:
@@ -38,7 +37,7 @@ def read_extxyz(path: str | Path, *, niggli: bool = True) -> CrystalDataset:
             break
         except Exception as err:  # ASE raises many kinds of errors on malformed frames
             message = " ".join(str(err).split())[:200] or type(err).__name__
-            skipped.append(
+            collected.skipped.append(
                 SkippedRow(
                     f"{location} onward", f"unreadable extXYZ frame: {message}", "invalid_frame"
                 )
@@ -51,7 +50,7 @@ def read_extxyz(path: str | Path, *, niggli: bool = True) -> CrystalDataset:
         if material_id:
             location += f" ({material_id})"
         if not all(atoms.pbc):
-            skipped.append(
+            collected.skipped.append(
                 SkippedRow(
                     location,
                     f"not periodic in 3 directions (pbc={atoms.pbc.tolist()})",
@@ -67,17 +66,8 @@ def read_extxyz(path: str | Path, *, niggli: bool = True) -> CrystalDataset:
             np.array(atoms.numbers, dtype=np.int64),
             niggli=niggli,
         )
-        if result[0] == "skip":
-            skipped.append(SkippedRow(location, result[2], result[1]))
-            continue
-        records.append(record_from_result(result, material_id, info))
-    return CrystalDataset(
-        records=records,
-        skipped=skipped,
-        source=str(path),
-        content_hash=file_sha256(path),
-        niggli=niggli,
-    )
+        collected.add(result, location, material_id, info)
+    return collected.dataset(path, file_sha256(path), niggli=niggli)
 
 
 def _scaled_positions(atoms: Any) -> np.ndarray:

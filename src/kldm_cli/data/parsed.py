@@ -4,12 +4,21 @@ optionally Niggli-reduced cell), and the progress callback of the CIF parsers.""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from kldm_cli.data.formula import ATOMIC_NUMBERS
-from kldm_cli.data.records import CrystalRecord, cell_problem, niggli_reduce, wrap_frac_coords
+from kldm_cli.data.records import (
+    CrystalDataset,
+    CrystalRecord,
+    SkippedRow,
+    cell_problem,
+    niggli_reduce,
+    wrap_frac_coords,
+)
 
 ProgressCallback = Callable[[int, int], None]
 """``progress(done, total)``: called while CIFs are parsed."""
@@ -59,3 +68,30 @@ def record_from_result(
         material_id=material_id,
         metadata=metadata,
     )
+
+
+@dataclass
+class DatasetCollector:
+    """The records and skipped entries of one input, in input order, as a reader finds them."""
+
+    records: list[CrystalRecord] = field(default_factory=list)
+    skipped: list[SkippedRow] = field(default_factory=list)
+
+    def add(
+        self, result: ParseResult, location: str, material_id: str | None, metadata: dict[str, Any]
+    ) -> None:
+        """Keep a parse result: a record, or a skipped entry at ``location`` with its reason."""
+        if result[0] == "skip":
+            self.skipped.append(SkippedRow(location, result[2], result[1]))
+        else:
+            self.records.append(record_from_result(result, material_id, metadata))
+
+    def dataset(self, path: Path, content_hash: str, *, niggli: bool) -> CrystalDataset:
+        """The dataset read from ``path``."""
+        return CrystalDataset(
+            records=self.records,
+            skipped=self.skipped,
+            source=str(path),
+            content_hash=content_hash,
+            niggli=niggli,
+        )
