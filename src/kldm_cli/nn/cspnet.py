@@ -325,17 +325,11 @@ class CSPNet(nn.Module):
             :class:`NetworkOutput` with ``velocity [N, 3]`` (mean-free per crystal),
             ``lattice [B, 6]`` and ``types [N, type_output_dim]`` or ``None``.
         """
-        _check_inputs(
-            self.config,
-            t01,
-            node_features,
-            frac_coords,
-            velocity,
-            lattice_params,
-            batch_index,
-            edge_index,
-            num_crystals,
-        )
+        inputs = dict(
+            t01=t01, node_features=node_features, frac_coords=frac_coords, velocity=velocity,
+            lattice_params=lattice_params, batch_index=batch_index, edge_index=edge_index,
+        )  # fmt: skip
+        _check_inputs(self.config, num_crystals, inputs)
         if graph is None:
             graph = EdgeGraph.build(edge_index, batch_index, num_crystals, frac_coords.dtype)
         elif graph.receivers.shape[0] != edge_index.shape[1]:
@@ -414,32 +408,24 @@ def _check_config(config: NetworkConfig) -> None:
         )
 
 
-def _check_inputs(
-    config: NetworkConfig,
-    t01: Tensor,
-    node_features: Tensor,
-    frac_coords: Tensor,
-    velocity: Tensor,
-    lattice_params: Tensor,
-    batch_index: Tensor,
-    edge_index: Tensor,
-    num_crystals: int,
-) -> None:
-    """Raise ``ValueError`` naming the offending shape; cheap (no device synchronisation)."""
-    num_atoms = node_features.shape[0]
+def _check_inputs(config: NetworkConfig, num_crystals: int, inputs: dict[str, Tensor]) -> None:
+    """Raise ``ValueError`` naming the offending shape of the network ``inputs`` (the arguments
+    of :meth:`CSPNet.forward` by name); cheap (no device synchronisation)."""
+    num_atoms = inputs["node_features"].shape[0]
     expected = {
-        "t01": (t01, (num_crystals,)),
-        "node_features": (node_features, (num_atoms, config.node_input_dim)),
-        "frac_coords": (frac_coords, (num_atoms, 3)),
-        "velocity": (velocity, (num_atoms, 3)),
-        "lattice_params": (lattice_params, (num_crystals, LATTICE_DIM)),
-        "batch_index": (batch_index, (num_atoms,)),
+        "t01": (num_crystals,),
+        "node_features": (num_atoms, config.node_input_dim),
+        "frac_coords": (num_atoms, 3),
+        "velocity": (num_atoms, 3),
+        "lattice_params": (num_crystals, LATTICE_DIM),
+        "batch_index": (num_atoms,),
     }
-    for name, (tensor, shape) in expected.items():
-        if tuple(tensor.shape) != shape:
-            raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {shape}")
+    for name, shape in expected.items():
+        if tuple(inputs[name].shape) != shape:
+            raise ValueError(f"{name} has shape {tuple(inputs[name].shape)}, expected {shape}")
+    edge_index = inputs["edge_index"]
     if edge_index.dim() != 2 or edge_index.shape[0] != 2:
         raise ValueError(f"edge_index has shape {tuple(edge_index.shape)}, expected (2, E)")
-    for name, tensor in (("batch_index", batch_index), ("edge_index", edge_index)):
-        if tensor.dtype != torch.long:
-            raise ValueError(f"{name} must be torch.long, got {tensor.dtype}")
+    for name in ("batch_index", "edge_index"):
+        if inputs[name].dtype != torch.long:
+            raise ValueError(f"{name} must be torch.long, got {inputs[name].dtype}")
