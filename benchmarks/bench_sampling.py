@@ -196,7 +196,7 @@ def random_model(task: str, preset: str, train: Path, folder: Path) -> Path:
     from kldm_cli.data.readers import load_dataset
     from kldm_cli.hub import write_model_folder
     from kldm_cli.model import KLDM
-    from kldm_cli.train import TrainOptions, build_config
+    from kldm_cli.training import TrainOptions, build_config
 
     dataset = load_dataset(train)
     options = TrainOptions(data=train, out=folder, task=task, preset=preset)

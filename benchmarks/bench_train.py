@@ -32,7 +32,8 @@ from bench_sampling import DEFAULT_TRAIN  # noqa: E402
 
 def time_preset(args: argparse.Namespace, preset: str) -> dict:
     """Warm up, then time ``args.steps`` optimizer steps of a fresh ``preset`` trainer."""
-    from kldm_cli.train import Trainer, TrainOptions, epoch_order, iterate_batches
+    from kldm_cli.training import Trainer, TrainOptions
+    from kldm_cli.training.dataset import epoch_order, iterate_batches
 
     with tempfile.TemporaryDirectory() as folder:
         options = TrainOptions(

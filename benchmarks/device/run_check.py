@@ -483,7 +483,8 @@ def part_evaluate_csp(ctx: dict) -> dict:
 def part_train_throughput(ctx: dict) -> dict:
     import torch
 
-    from kldm_cli.train import Trainer, TrainOptions, epoch_order, iterate_batches
+    from kldm_cli.training import Trainer, TrainOptions
+    from kldm_cli.training.dataset import epoch_order, iterate_batches
 
     sizes, device = ctx["sizes"], ctx["device"]
     rows = []
@@ -551,7 +552,7 @@ def part_ddp(ctx: dict) -> dict:
 
 
 def _log_records(run: Path) -> list[dict]:
-    from kldm_cli.train import LOG_NAME, read_training_log
+    from kldm_cli.training import LOG_NAME, read_training_log
 
     path = run / LOG_NAME
     return [r for r in read_training_log(path) if "loss" in r] if path.is_file() else []

@@ -17,10 +17,10 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.io.cif import CifWriter
 
-from kldm_cli.data import readers
+from kldm_cli.data import cif
 from kldm_cli.data.batch import CrystalBatch
+from kldm_cli.data.cif_p1 import _parse_p1_cif
 from kldm_cli.data.readers import (
-    _parse_p1_cif,
     load_dataset,
     read_cif_folder,
     read_csv,
@@ -285,7 +285,7 @@ def test_corrupt_cache_is_ignored_and_rebuilt(perov5_small_csv, tmp_path, damage
 
 def test_worker_processes_give_the_same_records(mp20_small_csv, monkeypatch):
     serial = read_csv(mp20_small_csv, num_workers=1)
-    monkeypatch.setattr(readers, "CHUNK_SIZE", 8)
+    monkeypatch.setattr(cif, "CHUNK_SIZE", 8)
     progress: list[tuple[int, int]] = []
     parallel = read_csv(
         mp20_small_csv, num_workers=2, progress=lambda d, t: progress.append((d, t))

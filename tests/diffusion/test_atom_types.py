@@ -17,7 +17,7 @@ from kldm_cli.diffusion.atom_types import (
     OneHotDiffusion,
     make_type_process,
 )
-from kldm_cli.diffusion.reverse import StepContext
+from kldm_cli.diffusion.reverse import ReverseStep, StepContext
 from kldm_cli.sampling import ReverseStepper, run_reverse
 
 T_MIN = 1e-3
@@ -280,10 +280,13 @@ def test_analog_bits_reverse_step_clamps_the_estimate():
     t01 = torch.full((8,), 0.3)
     prediction = 4.0 * torch.randn(8, process.num_bits, generator=torch.Generator().manual_seed(13))
     clamped = prediction.clamp(-0.5, 0.5)
-    for step in (process.step, process.step_predictor):
-        raw = step(t01, -0.01, state, prediction, torch.Generator().manual_seed(14))
-        reference = step(t01, -0.01, state, clamped, torch.Generator().manual_seed(14))
-        torch.testing.assert_close(raw, reference)
+    context = StepContext(batch_index=torch.arange(8), num_crystals=8)
+    for kind in ("em", "predictor", "corrector"):
+        first, second = (
+            ReverseStep(kind, t01, -0.01, context, torch.Generator().manual_seed(14)) for _ in "12"
+        )
+        raw = process.reverse_step(first, state, prediction)
+        torch.testing.assert_close(raw, process.reverse_step(second, state, clamped))
 
 
 @pytest.mark.parametrize("name", CONTINUOUS)
@@ -396,8 +399,8 @@ def test_corrector_step_size_is_pooled_per_crystal():
     prediction = process.encode(torch.randint(0, 6, (7,), generator=generator))
     t01 = torch.rand(7, generator=generator)
     batch_index = torch.tensor([0, 0, 0, 1, 1, 2, 2])
-    pooled = process.step_corrector(
-        t01, 0.0, state, prediction, 0.3, torch.Generator().manual_seed(17), batch_index=batch_index
+    pooled = process.corrector(
+        t01, state, prediction, 0.3, torch.Generator().manual_seed(17), batch_index=batch_index
     )
     noise = torch.randn(7, process.num_bits, generator=torch.Generator().manual_seed(17))
     score = process.sde.score(t01, state, prediction)

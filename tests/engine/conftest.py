@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from kldm_cli.train import TrainOptions, train
+from kldm_cli.training import TrainOptions, train
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 

@@ -7,7 +7,7 @@ import torch
 
 from kldm_cli.config import KLDMConfig
 from kldm_cli.hub import ModelLoadError, read_model_folder
-from kldm_cli.train import Trainer, TrainOptions
+from kldm_cli.training import Trainer, TrainOptions
 
 from .conftest import FIXTURES
 

@@ -197,7 +197,7 @@ def test_output_files_respect_the_umask(tiny_csp_model, tmp_path, fmt):
 
 
 def test_model_folder_and_checkpoint_respect_the_umask(tmp_path):
-    from kldm_cli.train import TrainOptions, train
+    from kldm_cli.training import TrainOptions, train
 
     from .conftest import FIXTURES
 

@@ -107,7 +107,7 @@ def test_parse_num_atoms():
 
 @pytest.mark.parametrize("modality", ["c", "c-ab", "d"])
 def test_each_type_modality_trains_and_generates(tmp_path, modality):
-    from kldm_cli.train import TrainOptions, train
+    from kldm_cli.training import TrainOptions, train
 
     from .conftest import FIXTURES
 

@@ -11,7 +11,7 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 
 from kldm_cli.data.readers import load_dataset
 from kldm_cli.sampling import load_model, sample_model
-from kldm_cli.train import TrainOptions, train
+from kldm_cli.training import TrainOptions, train
 
 from .conftest import FIXTURES
 

@@ -55,10 +55,10 @@ def two_releases(tiny_csp_model: Path, tmp_path: Path, monkeypatch: pytest.Monke
         SMALL: hub.Release(SMALL, "csp", "kldm-test/small", "v0", "test", max_atoms=20),
         LARGE: hub.Release(LARGE, "csp", "kldm-test/large", "v0", "test", max_atoms=52),
     }
-    monkeypatch.setattr(hub, "RELEASES", releases)
-    monkeypatch.setattr(hub, "SIZE_ROUTED_RELEASES", {"csp": (LARGE, SMALL)})  # any order
-    monkeypatch.setattr(hub, "DEFAULT_RELEASES", {"csp": SMALL, "dng": SMALL})
-    monkeypatch.setattr(hub, "bundled_weights_dir", lambda: bundled)
+    monkeypatch.setattr(hub.releases, "RELEASES", releases)
+    monkeypatch.setattr(hub.releases, "SIZE_ROUTED_RELEASES", {"csp": (LARGE, SMALL)})  # any order
+    monkeypatch.setattr(hub.releases, "DEFAULT_RELEASES", {"csp": SMALL, "dng": SMALL})
+    monkeypatch.setattr(hub.releases, "bundled_weights_dir", lambda: bundled)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return bundled
 

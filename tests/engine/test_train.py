@@ -10,22 +10,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from kldm_cli.checkpoint import load_checkpoint
 from kldm_cli.config import KLDMConfig
 from kldm_cli.data.batch import CrystalBatch
 from kldm_cli.data.readers import load_dataset
 from kldm_cli.hub import read_card_metadata, read_model_folder
 from kldm_cli.model import KLDM
-from kldm_cli.train import (
-    PackedCrystals,
-    TrainOptions,
-    _TrainingForward,
-    cpu_flags,
-    cpu_has_native_bf16,
-    learning_rate_at,
-    read_training_log,
-    train,
-)
+from kldm_cli.training import TrainOptions, load_checkpoint, read_training_log, train
+from kldm_cli.training.dataset import PackedCrystals
+from kldm_cli.training.precision import _TrainingForward, cpu_flags, cpu_has_native_bf16
+from kldm_cli.training.schedule import learning_rate_at
 
 from .conftest import FIXTURES
 
@@ -203,7 +196,7 @@ def test_packed_dataset_gathers_the_batches_from_records_builds(tmp_path):
 def test_bf16_forward_runs_the_network_in_bf16_and_returns_float32(tmp_path):
     """The autocast wrapper (CPU autocast here; the CUDA path differs only by device type)."""
     records = load_dataset(FIXTURES / "mp20_small.csv", cache_dir=tmp_path / "cache").records
-    from kldm_cli.train import build_config
+    from kldm_cli.training import build_config
 
     config = build_config(_options(tmp_path, tmp_path / "x"), records, "hash")
     torch.manual_seed(0)
@@ -240,7 +233,7 @@ def test_cpu_flags_and_native_bf16(tmp_path):
 
 
 def test_bf16_on_cpu_needs_native_bf16(tmp_path, monkeypatch):
-    import kldm_cli.train as train_module
+    import kldm_cli.training.precision as train_module
 
     monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
     with pytest.raises(ValueError, match="needs --device cuda or a CPU with native bf16"):
@@ -283,7 +276,7 @@ def test_bad_options_are_refused(tmp_path, change, message):
 
 def test_plot_training_log_reads_every_kind_of_record(tmp_path):
     pytest.importorskip("matplotlib")
-    from kldm_cli.train import plot_training_log, read_training_log
+    from kldm_cli.training import plot_training_log, read_training_log
 
     log = tmp_path / "run" / "train_log.jsonl"
     log.parent.mkdir()

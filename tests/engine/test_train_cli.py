@@ -38,7 +38,7 @@ def test_train_command_trains_and_reports(tmp_path):
 
 
 def test_train_command_refuses_bad_options_cleanly(tmp_path, monkeypatch):
-    import kldm_cli.train as train_module
+    import kldm_cli.training.precision as train_module
 
     monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)  # as on most CPUs
     cases = [

@@ -12,13 +12,8 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from kldm_cli.train import (
-    Trainer,
-    TrainOptions,
-    distributed_from_env,
-    shard_order,
-    steps_per_epoch,
-)
+from kldm_cli.training import Trainer, TrainOptions, distributed_from_env
+from kldm_cli.training.dataset import shard_order, steps_per_epoch
 
 from .conftest import FIXTURES
 

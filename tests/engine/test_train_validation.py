@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 from pymatgen.core import Lattice, Structure
 
-import kldm_cli.predict
-from kldm_cli.checkpoint import load_checkpoint
+import kldm_cli.sampling
 from kldm_cli.hub import read_card_metadata, read_model_folder
-from kldm_cli.train import Trainer, TrainOptions, train
+from kldm_cli.training import Trainer, TrainOptions, train
+from kldm_cli.training.checkpoint import load_checkpoint
 
 from .conftest import FIXTURES
 
@@ -67,7 +67,7 @@ def test_best_is_chosen_by_match_rate_and_survives_resume(tmp_path, monkeypatch)
             out.append([structure])
         return out
 
-    monkeypatch.setattr(kldm_cli.predict, "sample_model", fake_sample_model)
+    monkeypatch.setattr(kldm_cli.sampling, "sample_model", fake_sample_model)
     original_init = Trainer.__init__
 
     def init(self, *args, **kwargs):

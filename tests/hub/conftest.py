@@ -88,5 +88,5 @@ def bundled_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty bundled-weights folder standing in for weights/."""
     folder = tmp_path / "bundled"
     folder.mkdir()
-    monkeypatch.setattr(hub, "bundled_weights_dir", lambda: folder)
+    monkeypatch.setattr(hub.releases, "bundled_weights_dir", lambda: folder)
     return folder

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from kldm_cli.cli.common import cache_dir_option, console, err_console, threads_option, user_errors
 
 if TYPE_CHECKING:
-    from kldm_cli.train import Trainer
+    from kldm_cli.training import Trainer
 
 #: Exit status of a run stopped by Ctrl-C / SIGTERM (after its checkpoint was written).
 INTERRUPTED_EXIT = 130
@@ -94,7 +94,7 @@ def train_command(
     Several GPUs: [bold]torchrun --nproc_per_node N -m kldm_cli train --device cuda ...[/]
     """
     from kldm_cli.threads import set_threads
-    from kldm_cli.train import LOG_NAME, PLOT_NAME, Trainer, TrainOptions, distributed_from_env
+    from kldm_cli.training import LOG_NAME, PLOT_NAME, Trainer, TrainOptions, distributed_from_env
 
     set_threads(threads)  # before anything else runs torch
     options = TrainOptions(

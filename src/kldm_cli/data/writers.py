@@ -282,7 +282,7 @@ def _read_cif_structure(path: Path) -> Structure | None:
 
     from pymatgen.core import Lattice, Structure
 
-    from kldm_cli.data.readers import _parse_p1_cif
+    from kldm_cli.data.cif_p1 import _parse_p1_cif
 
     text = path.read_text(encoding="utf-8", errors="replace")
     fast = _parse_p1_cif(text)

@@ -2,7 +2,8 @@
 
 - :mod:`~kldm_cli.diffusion.kinetic_langevin`: fractional coordinates + velocities (KLDM);
 - :mod:`~kldm_cli.diffusion.vp_sde`: VP-SDE for the lattice (and continuous atom types);
-- :mod:`~kldm_cli.diffusion.atom_types`: one-hot, analog-bit and masking atom types (DNG);
+- :mod:`~kldm_cli.diffusion.atom_types`: one-hot, analog-bit and masking atom types (DNG), one
+  module each;
 - :mod:`~kldm_cli.diffusion.wrapped_normal`: wrapped-normal score and wrapping helpers;
 - :mod:`~kldm_cli.diffusion.reverse`: the one reverse-step interface they all implement
   (``reverse_step(step, state, prediction)``).

@@ -47,8 +47,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kldm_cli.config import NetworkConfig
+from kldm_cli.nn.graph import (
+    EdgeContext,
+    EdgeGraph,
+    nonzero_fourier_features,
+    pair_edges,
+    periodic_fourier_features,
+    plain_inference,
+    segment_mean,
+)
 
-__all__ = ["CSPNet", "EdgeGraph", "NetworkOutput", "periodic_fourier_features"]
+__all__ = ["CSPNet", "EdgeGraph", "NetworkOutput", "pair_edges", "periodic_fourier_features"]
 
 #: Width of the lattice input: three (normalised) lengths and three (normalised) angles.
 LATTICE_DIM = 6
@@ -71,7 +80,7 @@ class NetworkOutput:
 
 
 # ---------------------------------------------------------------------------------------------
-# Embeddings and scatter helpers
+# Time embedding (edge features and graph bookkeeping: kldm_cli.nn.graph)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -92,176 +101,6 @@ class RandomFourierTimeEmbedding(nn.Module):
         """``t01 [B]`` -> ``[B, time_dim]``."""
         angles = (2.0 * math.pi) * t01.unsqueeze(-1) * self.frequencies
         return torch.cat([angles.cos(), angles.sin()], dim=-1)
-
-
-def periodic_fourier_features(frac_diff: Tensor, num_freqs: int) -> Tensor:
-    """Periodic features of fractional-coordinate differences: ``[E, 3] -> [E, 6 * num_freqs]``.
-
-    ``[sin(2π k Δf_d), cos(2π k Δf_d)]`` for ``k = 0 .. num_freqs - 1`` and the three axes
-    ``d``; the sin block comes first, each block is ordered axis-major (``d * num_freqs + k``).
-    Periodic with period 1 in each ``Δf_d``, so integer lattice translations drop out.
-    """
-    frequencies = (2.0 * math.pi) * torch.arange(
-        num_freqs, dtype=frac_diff.dtype, device=frac_diff.device
-    )
-    angles = (frac_diff.unsqueeze(-1) * frequencies).reshape(frac_diff.shape[0], 3 * num_freqs)
-    return torch.cat([angles.sin(), angles.cos()], dim=-1)
-
-
-def _segment_mean(values: Tensor, index: Tensor, inverse_count: Tensor, size: int) -> Tensor:
-    """Mean of ``values [M, D]`` over segments ``index [M]`` -> ``[size, D]``.
-
-    ``inverse_count [size, 1]`` is ``1 / max(count, 1)`` (empty segments give 0).
-    """
-    total = values.new_zeros(size, values.shape[-1]).index_add_(0, index, values)
-    return total * inverse_count
-
-
-def _plain_inference(tensor: Tensor) -> bool:
-    """No autograd and no autocast: the ``out=`` fast paths apply (autocast skips ``out=`` ops,
-    autograd cannot differentiate them)."""
-    return not torch.is_grad_enabled() and not torch.is_autocast_enabled(tensor.device.type)
-
-
-def _inverse_count(index: Tensor, size: int, dtype: torch.dtype) -> Tensor:
-    """``1 / max(count, 1)`` for each value ``0 .. size - 1`` of ``index [M]`` -> ``[size, 1]``."""
-    count = torch.zeros(size, dtype=dtype, device=index.device)
-    count.index_add_(0, index, torch.ones(index.shape[0], dtype=dtype, device=index.device))
-    return count.clamp_min(1.0).reciprocal().unsqueeze(-1)
-
-
-def _nonzero_fourier_features(frac_diff: Tensor, num_freqs: int) -> tuple[Tensor, Tensor]:
-    """The ``k >= 1`` columns of :func:`periodic_fourier_features`, sin and cos apart.
-
-    ``[E, 3] -> ([E, 3 (num_freqs - 1)], [E, 3 (num_freqs - 1)])``, axis-major
-    (``d * (num_freqs - 1) + k - 1``). The ``k = 0`` columns are constant (0 and 1).
-    """
-    frequencies = (2.0 * math.pi) * torch.arange(
-        1, num_freqs, dtype=frac_diff.dtype, device=frac_diff.device
-    )
-    angles = (frac_diff.unsqueeze(-1) * frequencies).reshape(
-        frac_diff.shape[0], 3 * (num_freqs - 1)
-    )
-    return angles.sin(), angles.cos()
-
-
-def pair_edges(edge_index: Tensor, num_atoms: int) -> tuple[Tensor, Tensor, int]:
-    """Reorder edges so that every edge sits ``P`` places after its reverse.
-
-    Args:
-        edge_index: ``[2, E]`` long, ``(receiver, sender)`` pairs.
-        num_atoms: ``N``, the number of atoms (a bound on the atom indices).
-
-    Returns:
-        ``(receivers [E], senders [E], P)``: when every edge ``(i, j)`` has exactly one reverse
-        ``(j, i)`` (no self-loops, no duplicates), the first ``P = E / 2`` edges have
-        ``i < j`` and edge ``P + k`` is the reverse of edge ``k``. Otherwise the edges keep their
-        order and ``P = 0``. Synchronises with the device once (call it once per batch).
-    """
-    receivers, senders = edge_index[0], edge_index[1]
-    num_edges = receivers.shape[0]
-    if num_edges == 0 or num_edges % 2:
-        return receivers, senders, 0
-    key = receivers * num_atoms + senders
-    sorted_key, order = torch.sort(key)
-    reverse_key = senders * num_atoms + receivers
-    position = torch.searchsorted(sorted_key, reverse_key).clamp_max(num_edges - 1)
-    paired = (
-        bool((sorted_key[position] == reverse_key).all())
-        and not bool((sorted_key[1:] == sorted_key[:-1]).any())
-        and not bool((receivers == senders).any())
-    )
-    if not paired:
-        return receivers, senders, 0
-    forward = torch.nonzero(receivers < senders).squeeze(1)
-    order = torch.cat([forward, order[position[forward]]])
-    return receivers[order], senders[order], forward.shape[0]
-
-
-@dataclass(frozen=True)
-class EdgeGraph:
-    """State-independent bookkeeping of one batch's graph (the fused path's edge order).
-
-    It depends only on ``edge_index``, ``batch_index`` and ``num_crystals`` (not on coordinates,
-    velocities, lattice or time), so a sampler builds it once per batch and passes it to every
-    network evaluation. Build it with :meth:`build`.
-
-    Attributes:
-        receivers: ``[E]`` atom ``i`` of each edge, in the paired order of :func:`pair_edges`.
-        senders: ``[E]`` atom ``j`` of each edge, same order.
-        num_pairs: ``P``; ``2 P = E`` when the graph is symmetric, 0 otherwise.
-        inverse_degree: ``[N, 1]`` ``1 / max(in-degree, 1)``.
-        inverse_atoms: ``[B, 1]`` ``1 / max(atoms in crystal, 1)``.
-        bag_index: ``[E, 4]`` (paired graphs) rows of the table ``[receiver terms [N];
-            sender terms [N]; cos terms [P]; sin terms [P]]`` that sum to each edge's first-layer
-            pre-activation: ``(i, N + j, 2N + k, 2N + P + k)`` with ``k`` the edge's pair.
-        bag_weights: ``[E, 4]`` the matching signs ``(1, 1, 1, ±1)`` (``-1``: reversed edge).
-    """
-
-    receivers: Tensor
-    senders: Tensor
-    num_pairs: int
-    inverse_degree: Tensor
-    inverse_atoms: Tensor
-    bag_index: Tensor | None = None
-    bag_weights: Tensor | None = None
-
-    @classmethod
-    def build(
-        cls,
-        edge_index: Tensor,
-        batch_index: Tensor,
-        num_crystals: int,
-        dtype: torch.dtype = torch.float32,
-    ) -> EdgeGraph:
-        """The graph of ``edge_index [2, E]`` over atoms ``batch_index [N]`` of ``B`` crystals;
-        ``dtype`` is the network's floating dtype."""
-        num_atoms = batch_index.shape[0]
-        receivers, senders, num_pairs = pair_edges(edge_index, num_atoms)
-        bag_index = bag_weights = None
-        if num_pairs:
-            pair = torch.arange(num_pairs, device=receivers.device).repeat(2)
-            offset = 2 * num_atoms
-            bag_index = torch.stack(
-                [receivers, senders + num_atoms, pair + offset, pair + offset + num_pairs], dim=1
-            )
-            bag_weights = torch.ones(bag_index.shape, dtype=dtype, device=receivers.device)
-            bag_weights[num_pairs:, 3] = -1.0
-        return cls(
-            receivers=receivers,
-            senders=senders,
-            num_pairs=num_pairs,
-            inverse_degree=_inverse_count(edge_index[0], num_atoms, dtype),
-            inverse_atoms=_inverse_count(batch_index, num_crystals, dtype),
-            bag_index=bag_index,
-            bag_weights=bag_weights,
-        )
-
-
-@dataclass
-class _EdgeContext:
-    """Per-forward quantities shared by all layers (computed once).
-
-    Attributes:
-        graph: the state-independent bookkeeping (fused path edge order).
-        edge_index: ``[2, E]`` the edges as given (reference path).
-        batch_index: ``[N]`` crystal of each atom.
-        velocity: ``[N, 3]`` atom velocities.
-        lattice_params: ``[B, 6]`` lattice numbers.
-        frac_diff: ``[E, 3]`` ``f_j - f_i`` in the given edge order (reference path only).
-        fourier_sin: ``[P or E, 3 (num_freqs - 1)]`` ``sin(2π k Δf_d)``, ``k >= 1``, for the
-            first ``P`` edges of the paired order (every edge if unpaired); fused path only.
-        fourier_cos: same shape, cosines.
-    """
-
-    graph: EdgeGraph
-    edge_index: Tensor
-    batch_index: Tensor
-    velocity: Tensor
-    lattice_params: Tensor
-    frac_diff: Tensor | None = None
-    fourier_sin: Tensor | None = None
-    fourier_cos: Tensor | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,12 +137,12 @@ class CSPLayer(nn.Module):
             nn.SiLU(),
         )
 
-    def forward(self, node_states: Tensor, context: _EdgeContext, fused: bool = True) -> Tensor:
+    def forward(self, node_states: Tensor, context: EdgeContext, fused: bool = True) -> Tensor:
         """``node_states [N, hidden] -> [N, hidden]``."""
         normed = self.norm(node_states)
         if fused:
             messages = self._messages_fused(normed, context)
-            aggregated = _segment_mean(
+            aggregated = segment_mean(
                 messages, context.graph.receivers, context.graph.inverse_degree, normed.shape[0]
             )
         else:
@@ -312,7 +151,7 @@ class CSPLayer(nn.Module):
             aggregated = self._aggregate_reference(messages, normed, context)
         return node_states + self.node_mlp(torch.cat([normed, aggregated], dim=-1))
 
-    def _messages_fused(self, normed: Tensor, context: _EdgeContext) -> Tensor:
+    def _messages_fused(self, normed: Tensor, context: EdgeContext) -> Tensor:
         """The edge MLP on the fused first layer -> ``[E, hidden]`` in the graph's edge order.
 
         Without autograd (sampling) the activations are applied in place, which spares two
@@ -344,7 +183,7 @@ class CSPLayer(nn.Module):
             w_sin[:, :, 1:].reshape(hidden, nonzero), w_cos[:, :, 1:].reshape(hidden, nonzero),
         )  # fmt: skip
 
-    def _first_edge_linear_fused(self, normed: Tensor, context: _EdgeContext) -> Tensor:
+    def _first_edge_linear_fused(self, normed: Tensor, context: EdgeContext) -> Tensor:
         """First edge linear layer, split by input blocks -> ``[E, hidden]``.
 
         With ``W = [W_i, W_j, W_L, W_v, W_f]`` and bias ``b``, and the velocity projection
@@ -365,7 +204,7 @@ class CSPLayer(nn.Module):
         per_atom_velocity = F.linear(context.velocity, velocity_weight)  # [N, hidden]
         receiver_bias = per_crystal.index_select(0, context.batch_index) - per_atom_velocity
         assert context.fourier_sin is not None and context.fourier_cos is not None
-        if graph.bag_index is not None and _plain_inference(normed):
+        if graph.bag_index is not None and plain_inference(normed):
             # Inference: write the four kinds of terms into one table and sum each edge's four
             # rows with one embedding_bag (one pass over the edges instead of five).
             num_atoms, num_pairs = normed.shape[0], graph.num_pairs
@@ -394,7 +233,7 @@ class CSPLayer(nn.Module):
         sine = torch.mm(context.fourier_sin, w_sin.t())
         return pre_activation + torch.cat([cosine + sine, cosine - sine])
 
-    def _first_edge_linear_reference(self, normed: Tensor, context: _EdgeContext) -> Tensor:
+    def _first_edge_linear_reference(self, normed: Tensor, context: EdgeContext) -> Tensor:
         """First edge linear layer on the concatenated per-edge input -> ``[E, hidden]``."""
         receivers, senders = context.edge_index[0], context.edge_index[1]
         velocity_diff = context.velocity[senders] - context.velocity[receivers]
@@ -412,7 +251,7 @@ class CSPLayer(nn.Module):
         return self.edge_mlp[0](edge_input)
 
     @staticmethod
-    def _aggregate_reference(messages: Tensor, normed: Tensor, context: _EdgeContext) -> Tensor:
+    def _aggregate_reference(messages: Tensor, normed: Tensor, context: EdgeContext) -> Tensor:
         """Mean of ``messages [E, hidden]`` over each atom's incoming edges -> ``[N, hidden]``."""
         num_atoms = normed.shape[0]
         index = context.edge_index[0].unsqueeze(-1).expand_as(messages)
@@ -486,17 +325,11 @@ class CSPNet(nn.Module):
             :class:`NetworkOutput` with ``velocity [N, 3]`` (mean-free per crystal),
             ``lattice [B, 6]`` and ``types [N, type_output_dim]`` or ``None``.
         """
-        _check_inputs(
-            self.config,
-            t01,
-            node_features,
-            frac_coords,
-            velocity,
-            lattice_params,
-            batch_index,
-            edge_index,
-            num_crystals,
-        )
+        inputs = dict(
+            t01=t01, node_features=node_features, frac_coords=frac_coords, velocity=velocity,
+            lattice_params=lattice_params, batch_index=batch_index, edge_index=edge_index,
+        )  # fmt: skip
+        _check_inputs(self.config, num_crystals, inputs)
         if graph is None:
             graph = EdgeGraph.build(edge_index, batch_index, num_crystals, frac_coords.dtype)
         elif graph.receivers.shape[0] != edge_index.shape[1]:
@@ -515,10 +348,10 @@ class CSPNet(nn.Module):
 
         inverse_atoms = graph.inverse_atoms.to(node_states.dtype)
         velocity_out = self.velocity_head(node_states)
-        velocity_out = velocity_out - _segment_mean(
+        velocity_out = velocity_out - segment_mean(
             velocity_out, batch_index, inverse_atoms, num_crystals
         ).index_select(0, batch_index)
-        crystal_states = _segment_mean(node_states, batch_index, inverse_atoms, num_crystals)
+        crystal_states = segment_mean(node_states, batch_index, inverse_atoms, num_crystals)
         lattice_out = self.lattice_head(crystal_states)
         types_out = self.type_head(node_states) if self.type_head is not None else None
         return NetworkOutput(velocity=velocity_out, lattice=lattice_out, types=types_out)
@@ -539,9 +372,9 @@ class CSPNet(nn.Module):
         batch_index: Tensor,
         edge_index: Tensor,
         graph: EdgeGraph,
-    ) -> _EdgeContext:
+    ) -> EdgeContext:
         """Layer-independent edge quantities, computed once per forward pass."""
-        context = _EdgeContext(
+        context = EdgeContext(
             graph=graph,
             edge_index=edge_index,
             batch_index=batch_index,
@@ -556,7 +389,7 @@ class CSPNet(nn.Module):
         frac_diff = frac_coords.index_select(0, graph.senders[:count]) - frac_coords.index_select(
             0, graph.receivers[:count]
         )
-        context.fourier_sin, context.fourier_cos = _nonzero_fourier_features(
+        context.fourier_sin, context.fourier_cos = nonzero_fourier_features(
             frac_diff, self.config.num_freqs
         )
         return context
@@ -575,32 +408,24 @@ def _check_config(config: NetworkConfig) -> None:
         )
 
 
-def _check_inputs(
-    config: NetworkConfig,
-    t01: Tensor,
-    node_features: Tensor,
-    frac_coords: Tensor,
-    velocity: Tensor,
-    lattice_params: Tensor,
-    batch_index: Tensor,
-    edge_index: Tensor,
-    num_crystals: int,
-) -> None:
-    """Raise ``ValueError`` naming the offending shape; cheap (no device synchronisation)."""
-    num_atoms = node_features.shape[0]
+def _check_inputs(config: NetworkConfig, num_crystals: int, inputs: dict[str, Tensor]) -> None:
+    """Raise ``ValueError`` naming the offending shape of the network ``inputs`` (the arguments
+    of :meth:`CSPNet.forward` by name); cheap (no device synchronisation)."""
+    num_atoms = inputs["node_features"].shape[0]
     expected = {
-        "t01": (t01, (num_crystals,)),
-        "node_features": (node_features, (num_atoms, config.node_input_dim)),
-        "frac_coords": (frac_coords, (num_atoms, 3)),
-        "velocity": (velocity, (num_atoms, 3)),
-        "lattice_params": (lattice_params, (num_crystals, LATTICE_DIM)),
-        "batch_index": (batch_index, (num_atoms,)),
+        "t01": (num_crystals,),
+        "node_features": (num_atoms, config.node_input_dim),
+        "frac_coords": (num_atoms, 3),
+        "velocity": (num_atoms, 3),
+        "lattice_params": (num_crystals, LATTICE_DIM),
+        "batch_index": (num_atoms,),
     }
-    for name, (tensor, shape) in expected.items():
-        if tuple(tensor.shape) != shape:
-            raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {shape}")
+    for name, shape in expected.items():
+        if tuple(inputs[name].shape) != shape:
+            raise ValueError(f"{name} has shape {tuple(inputs[name].shape)}, expected {shape}")
+    edge_index = inputs["edge_index"]
     if edge_index.dim() != 2 or edge_index.shape[0] != 2:
         raise ValueError(f"edge_index has shape {tuple(edge_index.shape)}, expected (2, E)")
-    for name, tensor in (("batch_index", batch_index), ("edge_index", edge_index)):
-        if tensor.dtype != torch.long:
-            raise ValueError(f"{name} must be torch.long, got {tensor.dtype}")
+    for name in ("batch_index", "edge_index"):
+        if inputs[name].dtype != torch.long:
+            raise ValueError(f"{name} must be torch.long, got {inputs[name].dtype}")

@@ -85,7 +85,7 @@ class RoutedRelease:
 def size_routed_releases(task: str = "csp") -> list[RoutedRelease]:
     """The releases chosen by cell size when ``--weights`` is not given, smallest cells first
     (:data:`kldm_cli.hub.SIZE_ROUTED_RELEASES`)."""
-    from kldm_cli import hub
+    from kldm_cli.hub import releases as hub
 
     names = hub.SIZE_ROUTED_RELEASES.get(task, ())
     releases = [RoutedRelease(name, hub.RELEASES[name].max_atoms) for name in names]

@@ -11,7 +11,6 @@ reads back what the others wrote.
 from __future__ import annotations
 
 import datetime
-import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,21 +41,10 @@ class Shard:
 def shard_from_env(environ: Mapping[str, str] | None = None) -> Shard:
     """The shard of a ``torchrun`` launch (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``), else the
     whole run (rank 0 of 1). Raises ``ValueError`` for an inconsistent environment."""
-    env = os.environ if environ is None else environ
-    if "WORLD_SIZE" not in env:
-        return Shard()
-    try:
-        world_size = int(env["WORLD_SIZE"])
-        rank = int(env.get("RANK", "missing"))
-        local_rank = int(env.get("LOCAL_RANK", rank))
-    except ValueError as err:
-        raise ValueError(
-            f"WORLD_SIZE is set but RANK/LOCAL_RANK are not integers (RANK={env.get('RANK')!r}, "
-            f"LOCAL_RANK={env.get('LOCAL_RANK')!r}); launch with torchrun"
-        ) from err
-    if not 0 <= rank < world_size:
-        raise ValueError(f"inconsistent launch: RANK={rank}, WORLD_SIZE={world_size}")
-    return Shard(rank, world_size, local_rank)
+    from kldm_cli.launch import distributed_from_env
+
+    info = distributed_from_env(environ)
+    return Shard() if info is None else Shard(info.rank, info.world_size, info.local_rank)
 
 
 @contextmanager
