@@ -9,6 +9,7 @@ after a weights swap fails here.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
 FOLDERS = sorted(path.parent for path in WEIGHTS.glob("*/model.safetensors"))
 # Card values are written with 3-4 decimals: a record agrees when it rounds to the card's value.
 TOLERANCE = 5e-4
+#: The sections of every model card, in order (a card is for users: no run history).
+TEMPLATE = ["Task", "Data", "Training in brief", "Metrics", "Where it fails", "Limitations"]
 
 
 def _records(folder: Path) -> dict[str, dict]:
@@ -55,3 +58,11 @@ def test_card_states_every_records_headline(folder: Path) -> None:
             measured = metrics.get(key, metrics.get(key.removesuffix("_chgnet")))
             if measured is not None:
                 assert abs(float(value) - measured) <= TOLERANCE, f"{folder.name}: {key} in {name}"
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda folder: folder.name)
+def test_card_follows_the_template(folder: Path) -> None:
+    text = (folder / "README.md").read_text()
+    assert re.findall(r"^## (.+)$", text, flags=re.MULTILINE) == TEMPLATE, folder.name
+    assert not re.search(r"\bissues? #?\d+", text, flags=re.IGNORECASE), f"{folder.name}: issue"
+    assert not re.search(r"\bsession\b", text), f"{folder.name}: a run history"
