@@ -113,8 +113,8 @@ def csp_command(
     ),
 ) -> None:
     """Crystal structure prediction: match rate and RMSE against a test set."""
-    from kldm_cli.evaluate import SAMPLERS, evaluate_csp
-    from kldm_cli.search import SearchSettings
+    from kldm_cli.evaluation.csp_run import SAMPLERS, evaluate_csp
+    from kldm_cli.evaluation.search import SearchSettings
 
     search = None
     if rank:
@@ -144,7 +144,7 @@ def csp_command(
 
 def _interrupted(out: Path | None) -> NoReturn:
     """Ctrl-C during ``evaluate csp``: say what was kept (exit code 130)."""
-    from kldm_cli.candidate_log import log_path
+    from kldm_cli.evaluation.candidate_log import log_path
 
     kept = out is not None and log_path(out).exists()
     hint = (
@@ -257,7 +257,7 @@ def dng_command(
     out: Path | None = typer.Option(None, "--out", help="Write the JSON record here."),
 ) -> None:
     """De novo generation: validity, uniqueness, novelty, coverage, Wasserstein, stability."""
-    from kldm_cli.evaluate import evaluate_dng
+    from kldm_cli.evaluation.dng_run import evaluate_dng
 
     if timeout <= 0:
         raise typer.BadParameter(f"must be positive, got {timeout}", param_hint="--timeout")
@@ -316,8 +316,8 @@ def combine_command(
     ),
 ) -> None:
     """Merge records made in chunks: CSP match rates, or DNG stability into the whole set."""
-    from kldm_cli.combine import load_records
-    from kldm_cli.evaluate import write_record
+    from kldm_cli.evaluation.combine import load_records
+    from kldm_cli.evaluation.records import write_record
 
     with user_errors():
         part_records = load_records(parts)
@@ -338,7 +338,7 @@ def combine_command(
 
 
 def _combine_csp(records: list[dict], paths: list[Path], base: Path | None, data: Path | None):
-    from kldm_cli.combine import combine_csp_records
+    from kldm_cli.evaluation.combine import combine_csp_records
 
     if base is not None:
         raise typer.BadParameter(
@@ -348,7 +348,7 @@ def _combine_csp(records: list[dict], paths: list[Path], base: Path | None, data
 
 
 def _combine_dng(records: list[dict], paths: list[Path], base: Path | None, data: Path | None):
-    from kldm_cli.combine import combine_dng_records, load_records
+    from kldm_cli.evaluation.combine import combine_dng_records, load_records
 
     if data is not None:
         raise typer.BadParameter(
@@ -390,9 +390,9 @@ def compare_command(
 ) -> None:
     """Compare two records pairwise (exact McNemar test): CSP target by target, DNG sample by
     sample (validity, stability, S.U.N.)."""
-    from kldm_cli.combine import load_records
-    from kldm_cli.compare import compare_records
-    from kldm_cli.evaluate import write_record
+    from kldm_cli.evaluation.combine import load_records
+    from kldm_cli.evaluation.compare import compare_records
+    from kldm_cli.evaluation.records import write_record
 
     with user_errors():
         record_a, record_b = load_records([first, second])
@@ -423,10 +423,10 @@ def breakdown_command(
 ) -> None:
     """Match rate of a CSP record split by number of elements, atoms in the cell (--data) and
     compositions seen in the training data (--reference), with standard errors."""
-    from kldm_cli.breakdown import breakdown_csp_record, reference_formulas_of
-    from kldm_cli.combine import load_records
     from kldm_cli.data.readers import load_dataset
-    from kldm_cli.evaluate import write_record
+    from kldm_cli.evaluation.breakdown import breakdown_csp_record, reference_formulas_of
+    from kldm_cli.evaluation.combine import load_records
+    from kldm_cli.evaluation.records import write_record
 
     with user_errors():
         (loaded,) = load_records([record])
@@ -445,7 +445,7 @@ def breakdown_command(
 
 
 def _print_breakdown(result: dict[str, Any]) -> None:
-    from kldm_cli.breakdown import SPLITS
+    from kldm_cli.evaluation.breakdown import SPLITS
 
     title = (
         f"MR@{result['k']} of {result['name']}: {_percent(result['match_rate'])} over "

@@ -46,8 +46,8 @@ def generate_command(
     Under [bold]torchrun --nproc-per-node K[/] the batches are shared out over the K processes
     (the same files as one process; rank 0 prints the summary).
     """
+    from kldm_cli.evaluation.metrics.validity import structural_validity
     from kldm_cli.generate import generate
-    from kldm_cli.metrics.validity import structural_validity
     from kldm_cli.sampling.shards import shard_from_env
 
     check_count_and_sampler(n, "--n", sampler)

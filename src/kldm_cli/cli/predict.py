@@ -76,8 +76,8 @@ def predict_command(
     With [bold]--candidates N[/] (search mode) the best -n of N relaxed candidates are written as
     rank_001_<formula>.cif ... with summary.csv; the unrelaxed candidates go to OUT/candidates/.
     """
+    from kldm_cli.evaluation.search import SearchSettings
     from kldm_cli.predict import predict
-    from kldm_cli.search import SearchSettings
 
     check_count_and_sampler(n, "-n", sampler)
     search = None
