@@ -8,14 +8,8 @@ from typing import Any, NoReturn
 import typer
 from rich.table import Table
 
-from kldm_cli.cli.common import (
-    batch_atoms_option,
-    console,
-    err_console,
-    grid_option,
-    threads_option,
-    user_errors,
-)
+from kldm_cli.cli import options
+from kldm_cli.cli.common import console, err_console, user_errors
 from kldm_cli.cli.relax import missing_extra
 
 app = typer.Typer(
@@ -74,23 +68,17 @@ def _print_hull(metrics: dict[str, Any]) -> None:
 @app.command("csp")
 def csp_command(
     data: Path = typer.Option(..., "--data", help="Test set: CDVAE-style CSV (.csv/.csv.gz)."),
-    weights: str | None = typer.Option(
-        None, "--weights", help="Model folder, hf://OWNER/REPO[@REV] or release name."
-    ),
+    weights: str | None = options.weights(),
     k: int = typer.Option(1, "-k", min=1, help="Candidates per test composition (MR@k): 1 or 20."),
-    limit: int | None = typer.Option(
-        None, "--limit", min=1, help="Use N test rows: the first N, or N from --start."
-    ),
-    start: int = typer.Option(
-        0, "--start", min=0, help="First test row (0-based); with --limit, evaluate one chunk."
-    ),
+    limit: int | None = options.limit("test rows"),
+    start: int = options.start("test row", "evaluate one chunk"),
     sampler: str = typer.Option("pc", "--sampler", help="pc (predictor-corrector) or em."),
     steps: int = typer.Option(1000, "--steps", min=1, help="Sampling steps."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the sampler."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (sampling)."),
-    grid: str | None = grid_option(),
-    threads: int | None = threads_option(),
-    batch_atoms: int = batch_atoms_option(),
+    grid: str | None = options.grid(),
+    threads: int | None = options.threads(),
+    batch_atoms: int = options.batch_atoms(),
     workers: int = typer.Option(2, "--workers", min=0, help="Matching processes (0: in-process)."),
     timeout: float = typer.Option(
         30.0, "--timeout", min=0.0, help="Seconds per candidate/target match; past it: no match."
@@ -102,12 +90,8 @@ def csp_command(
         help="Also relax the -k candidates with CHGNet, rank them by energy (as predict "
         "--candidates) and report ranked top-1/3/5 next to MR@1 and MR@k. Needs [relax].",
     ),
-    screen: int = typer.Option(
-        5, "--screen", min=0, help="With --rank: unique candidates relaxed (0: all)."
-    ),
-    relax_steps: int = typer.Option(
-        100, "--relax-steps", min=0, help="With --rank: most FIRE steps per relaxation."
-    ),
+    screen: int = options.screen("With --rank: unique candidates relaxed (0: all)."),
+    relax_steps: int = options.relax_steps("With --rank: most FIRE steps per relaxation."),
     relax_workers: int = typer.Option(
         1, "--relax-workers", min=0, help="With --rank: relaxation processes."
     ),
@@ -209,12 +193,8 @@ def dng_command(
         help="Held-out set for coverage and Wasserstein distances, as in CDVAE "
         "(default: --reference; CrystalNN fingerprints take ~0.5 s per structure).",
     ),  # fmt: skip
-    limit: int | None = typer.Option(
-        None, "--limit", min=1, help="Use N samples: the first N, or N from --start."
-    ),
-    start: int = typer.Option(
-        0, "--start", min=0, help="First sample (0-based); with --limit, score one chunk."
-    ),
+    limit: int | None = options.limit("samples"),
+    start: int = options.start("sample", "score one chunk"),
     stability: bool = typer.Option(
         True, "--stability/--no-stability", help="CHGNet relaxation, E_hull, stable and S.U.N. %."
     ),
@@ -249,7 +229,7 @@ def dng_command(
         "mp_20", "--dataset", help="Coverage cutoffs: mp_20, carbon_24 or perov_5."
     ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (CHGNet)."),
-    threads: int | None = threads_option(),
+    threads: int | None = options.threads(),
     workers: int = typer.Option(2, "--workers", min=0, help="Worker processes (0: in-process)."),
     timeout: float = typer.Option(
         120.0, "--timeout", min=0.0, help="Seconds per matching/fingerprint task."

@@ -22,13 +22,11 @@ from kldm_cli.evaluation.records import (
     Progress,
     check_chunk,
     dataset_info,
-    json_safe,
+    finish_record,
     library_versions,
-    read_dataset,
-    select_chunk,
+    read_chunk,
     utc_now,
     weights_info,
-    write_record,
 )
 
 #: ``sampler_fn(weights, compositions, num_samples, *, sampler, steps, seed, device, grid,
@@ -104,8 +102,7 @@ def evaluate_csp(
         chgnet = load_chgnet(device)  # without the [relax] extra: refused before sampling
 
     report(f"reading {data}")
-    dataset = read_dataset(data, niggli=True, use_cache=True)
-    records = select_chunk(dataset.records, start, limit, data, "test structure")
+    dataset, records = read_chunk(data, start, limit, "test structure", niggli=True, use_cache=True)
     targets = [record.to_structure() for record in records]
     compositions = [[int(z) for z in record.atomic_numbers] for record in records]
     read_s = time.perf_counter() - started
@@ -192,15 +189,14 @@ def evaluate_csp(
             record_out, candidates, targets, search, chgnet=chgnet, out=out, device=device,
             workers=workers, timeout=timeout, report=report,
         )  # fmt: skip
-    if out is not None:
-        write_record(record_out, out)
+    finished = finish_record(record_out, out)
     if log is not None:
         log.remove()
     if search is not None and out is not None:
         from kldm_cli.evaluation.ranked import search_log_path
 
         search_log_path(out).unlink(missing_ok=True)
-    return json_safe(record_out)
+    return finished
 
 
 def _batch_reporter(

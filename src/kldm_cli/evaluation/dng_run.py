@@ -22,12 +22,11 @@ from kldm_cli.evaluation.records import (
     check_chunk,
     common_metadata,
     dataset_info,
-    json_safe,
+    finish_record,
     library_versions,
+    read_chunk,
     read_dataset,
-    select_chunk,
     utc_now,
-    write_record,
 )
 
 
@@ -107,8 +106,9 @@ def evaluate_dng(
         clock = now
 
     report(f"reading {samples}")
-    sample_set = read_dataset(samples, niggli=False, use_cache=False)
-    sample_records = select_chunk(sample_set.records, start, limit, samples, "sample")
+    sample_set, sample_records = read_chunk(
+        samples, start, limit, "sample", niggli=False, use_cache=False
+    )
     structures = [r.to_structure() for r in sample_records]
     report(f"reading {reference}")
     reference_set = read_dataset(reference, niggli=True, use_cache=True)
@@ -229,9 +229,7 @@ def evaluate_dng(
         "timing_s": {**timing, "total": time.perf_counter() - started},
         "per_sample": per_sample,
     }
-    if out is not None:
-        write_record(record_out, out)
-    return json_safe(record_out)
+    return finish_record(record_out, out)
 
 
 def _stability(

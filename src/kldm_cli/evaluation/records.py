@@ -61,6 +61,13 @@ def write_record(record: dict[str, Any], out: str | Path) -> Path:
     return path
 
 
+def finish_record(record: dict[str, Any], out: str | Path | None) -> dict[str, Any]:
+    """Write ``record`` to ``out`` if given; return it as strict JSON values (:func:`json_safe`)."""
+    if out is not None:
+        write_record(record, out)
+    return json_safe(record)
+
+
 def weights_info(weights: str | None, resolve: bool) -> dict[str, Any]:
     """Where the weights came from and the sha256 of their ``model.safetensors``."""
     info: dict[str, Any] = {"spec": weights, "path": None, "sha256": None}
@@ -108,6 +115,14 @@ def check_chunk(start: int, limit: int | None) -> None:
         raise ValueError(f"limit must be a positive number of structures, got {limit}")
     if start < 0:
         raise ValueError(f"start must be an index ≥ 0, got {start}")
+
+
+def read_chunk(
+    path: str | Path, start: int, limit: int | None, what: str, *, niggli: bool, use_cache: bool
+) -> tuple[Any, list]:
+    """Read the dataset at ``path`` and its chunk (:func:`select_chunk`): (dataset, records)."""
+    dataset = read_dataset(path, niggli=niggli, use_cache=use_cache)
+    return dataset, select_chunk(dataset.records, start, limit, path, what)
 
 
 def select_chunk(
