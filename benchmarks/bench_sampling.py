@@ -173,7 +173,7 @@ def run_case(args: argparse.Namespace) -> dict:
         args.samples_out,
     )
     if args.match and records:
-        from kldm_cli.metrics.csp import match_structures
+        from kldm_cli.evaluation.metrics.csp import match_structures
         from kldm_cli.sampling import samples_to_records
 
         structures = [r.to_structure() for s in results for r in samples_to_records(s)]

@@ -64,7 +64,7 @@ def main() -> None:
     settings = [parse_setting(s) for s in args.settings.split(",")]
 
     from kldm_cli.data.readers import load_dataset
-    from kldm_cli.metrics.csp import match_structures
+    from kldm_cli.evaluation.metrics.csp import match_structures
     from kldm_cli.sampling import load_model, sample_model, set_threads
 
     threads = set_threads(args.threads)

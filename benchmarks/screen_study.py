@@ -3,8 +3,8 @@
 For test rows ``[start, start + rows)`` this samples ``k`` candidates per composition exactly as
 ``kldm evaluate csp -k K --sampler em --steps 100 --grid power:3`` does in chunks of ``chunk`` rows
 (same batches, same seeds), removes invalid candidates and duplicates as
-:func:`kldm_cli.search.search_structures` does, computes CHGNet single-point energies of the
-unique ones and matches each against the test structure. It prints, for every screen size K, the
+:func:`kldm_cli.evaluation.search.search_structures` does, computes CHGNet single-point energies of
+the unique ones and matches each against the test structure. It prints, for every screen size K, the
 share of compositions whose right structure survives a screen of K (the ceiling of ranked top-n
 for that K), and writes the per-target details as JSON.
 
@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 from kldm_cli.data.readers import load_dataset
-from kldm_cli.metrics._parallel import run_tasks
-from kldm_cli.metrics.csp import CSP_MATCHER_SETTINGS, rms_distance
-from kldm_cli.metrics.validity import structural_validity
-from kldm_cli.relax import load_chgnet, predict_energies
+from kldm_cli.evaluation.metrics._parallel import run_tasks
+from kldm_cli.evaluation.metrics.csp import CSP_MATCHER_SETTINGS, rms_distance
+from kldm_cli.evaluation.metrics.validity import structural_validity
+from kldm_cli.evaluation.relax import load_chgnet, predict_energies
+from kldm_cli.evaluation.search import unique_candidates
 from kldm_cli.sampling import sample_csp
-from kldm_cli.search import unique_candidates
 from kldm_cli.threads import set_threads
 
 

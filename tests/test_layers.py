@@ -80,3 +80,41 @@ def test_importing_a_layer_loads_nothing_of_the_other(layer, forbidden):
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert result.stdout.strip() == ""
+
+
+#: The rows of ``evaluation/`` (docs/architecture.md): a module may import its own row and the
+#: rows above it, never a row below.
+EVALUATION_ROWS = {
+    "relax": 0, "records": 0, "candidate_log": 0,
+    "metrics": 1,
+    "search": 2, "ranked": 2,
+    "csp_run": 3, "dng_run": 3,
+    "combine": 4, "compare": 4, "breakdown": 4,
+}  # fmt: skip
+
+
+def _evaluation_row(name: str) -> int | None:
+    """The row of ``kldm_cli.evaluation.<part>...`` (None for anything else)."""
+    parts = name.split(".")
+    if parts[:2] != ["kldm_cli", "evaluation"] or len(parts) < 3:
+        return None
+    return EVALUATION_ROWS[parts[2]]
+
+
+def test_evaluation_imports_only_its_own_row_and_above():
+    package = PACKAGE / "evaluation"
+    modules = {p.stem for p in package.glob("*.py")} - {"__init__"}
+    modules |= {p.name for p in package.iterdir() if (p / "__init__.py").is_file()}
+    assert modules == set(EVALUATION_ROWS)  # every module has a row
+    upward = []
+    for path in sorted(package.rglob("*.py")):
+        part = path.relative_to(package).parts[0].removesuffix(".py")
+        if part == "__init__":
+            continue
+        for name in sorted(imported_modules(path)):
+            row = _evaluation_row(name)
+            if row is not None and row > EVALUATION_ROWS[part]:
+                upward.append(f"{path.relative_to(PACKAGE)} imports {name}")
+    assert upward == []
+    # the check can fail: metrics importing a run is caught
+    assert _evaluation_row("kldm_cli.evaluation.csp_run.evaluate_csp") > EVALUATION_ROWS["metrics"]

@@ -172,7 +172,7 @@ def synchronize(device: str) -> None:
 def part_env(ctx: dict) -> dict:
     import torch
 
-    from kldm_cli.evaluate import library_versions
+    from kldm_cli.evaluation.records import library_versions
 
     info: dict = {
         "python": platform.python_version(), "torch": torch.__version__,
@@ -431,7 +431,7 @@ def part_evaluate_csp(ctx: dict) -> dict:
     from unittest import mock
 
     import kldm_cli.sampling.pipeline
-    from kldm_cli.evaluate import evaluate_csp
+    from kldm_cli.evaluation.csp_run import evaluate_csp
     from kldm_cli.sampling import sample
 
     sizes, scratch, device = ctx["sizes"], Path(ctx["scratch"]), ctx["device"]

@@ -24,6 +24,7 @@ from pymatgen.core import Structure
 
 from kldm_cli.config import KLDMConfig
 from kldm_cli.data.formula import parse_formula
+from kldm_cli.evaluation.search import SearchSettings
 from kldm_cli.sampling.loop import parse_time_grid
 from kldm_cli.sampling.models import (
     LoadedModel,
@@ -42,7 +43,6 @@ from kldm_cli.sampling.pipeline import (
     sample_model,
     sampler_settings,
 )
-from kldm_cli.search import SearchSettings
 from kldm_cli.threads import set_threads
 
 __all__ = [
@@ -221,11 +221,11 @@ def predict(
     An ``out`` that already holds samples of ``fmt`` (or a ranked search) is refused (the runs
     would mix).
 
-    With ``search`` (a ranked search, :mod:`kldm_cli.search`), ``search.candidates`` candidates
-    are sampled with the search's sampler settings (``method``/``steps``/``grid`` override them)
-    and written to ``out/candidates/``; the best ``num_samples`` after relaxation go to ``out``
-    as ``rank_001_<formula>.cif`` ... with ``summary.csv``. ``relax=True`` without ``search``
-    relaxes and ranks all ``num_samples`` samples (no screening, the model's sampler).
+    With ``search`` (a ranked search, :mod:`kldm_cli.evaluation.search`), ``search.candidates``
+    candidates are sampled with the search's sampler settings (``method``/``steps``/``grid``
+    override them) and written to ``out/candidates/``; the best ``num_samples`` after relaxation go
+    to ``out`` as ``rank_001_<formula>.cif`` ... with ``summary.csv``. ``relax=True`` without
+    ``search`` relaxes and ranks all ``num_samples`` samples (no screening, the model's sampler).
     """
     from kldm_cli.data.formula import charge_balance_warning
 
@@ -240,7 +240,7 @@ def predict(
         )
     chgnet = None
     if search is not None:
-        from kldm_cli.relax import load_chgnet
+        from kldm_cli.evaluation.relax import load_chgnet
 
         chgnet = load_chgnet(device)  # without the [relax] extra: refused before sampling
     num_candidates = search.candidates if search is not None else num_samples
@@ -304,7 +304,7 @@ def predict(
     result.structures = [found[i][0] for i in sorted(found)]
     result.files = [found[i][1] for i in sorted(found)]
     if search is not None:
-        from kldm_cli.search import search_structures
+        from kldm_cli.evaluation.search import search_structures
 
         result.search = search_structures(
             result.structures, search, model=chgnet, device=device, on_stage=on_stage
@@ -351,14 +351,14 @@ def write_search(
     candidate_files: Sequence[Path] = (),
     symprec: float = 0.1,
 ) -> tuple[list[Path], Path]:
-    """Write the best ``num_best`` structures of a :class:`~kldm_cli.search.SearchResult` to
-    ``out`` (``rank_001_<formula>.cif`` ..., or ``ranked.extxyz``), each with its energy per atom,
-    energy above the best, relaxation steps, converged flag, space group (at ``symprec``) and
+    """Write the best ``num_best`` structures of a :class:`~kldm_cli.evaluation.search.SearchResult`
+    to ``out`` (``rank_001_<formula>.cif`` ..., or ``ranked.extxyz``), each with its energy per
+    atom, energy above the best, relaxation steps, converged flag, space group (at ``symprec``) and
     sample index as metadata, and ``summary.csv`` with one row per candidate."""
     import csv
 
     from kldm_cli.data.writers import StructureWriter
-    from kldm_cli.relax import cell_formula
+    from kldm_cli.evaluation.relax import cell_formula
 
     files: list[Path] = []
     writer = StructureWriter(out, fmt=fmt, prefix="ranked") if fmt == "extxyz" else None

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from kldm_cli.candidate_log import log_path
 from kldm_cli.data.readers import load_dataset
-from kldm_cli.evaluate import evaluate_csp
+from kldm_cli.evaluation.candidate_log import log_path
+from kldm_cli.evaluation.csp_run import evaluate_csp
 from kldm_cli.sampling import load_model, sample_model
 
 from .conftest import FIXTURES
@@ -138,7 +138,7 @@ def test_log_with_a_bad_middle_line_is_refused(tiny_csp_model, tmp_path) -> None
 def test_ctrl_c_says_what_was_kept(tmp_path, monkeypatch, with_out: bool) -> None:
     from typer.testing import CliRunner
 
-    import kldm_cli.evaluate
+    import kldm_cli.evaluation.csp_run
     from kldm_cli.cli.main import app
 
     def interrupted(data, *, out, **options):
@@ -146,7 +146,7 @@ def test_ctrl_c_says_what_was_kept(tmp_path, monkeypatch, with_out: bool) -> Non
             log_path(out).write_text("{}\n")  # as if batches had been kept
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(kldm_cli.evaluate, "evaluate_csp", interrupted)
+    monkeypatch.setattr(kldm_cli.evaluation.csp_run, "evaluate_csp", interrupted)
     out = tmp_path / "csp.json"
     arguments = ["evaluate", "csp", "--data", str(DATA)] + (["--out", str(out)] if with_out else [])
     result = CliRunner().invoke(app, arguments)

@@ -138,9 +138,9 @@ def test_a_search_ranks_the_candidates_of_every_model(two_releases, tmp_path, mo
     sample order (the search itself is faked: only the sampling side is tested here)."""
     from types import SimpleNamespace
 
-    import kldm_cli.relax
-    import kldm_cli.search
-    from kldm_cli.search import SearchSettings
+    import kldm_cli.evaluation.relax
+    import kldm_cli.evaluation.search
+    from kldm_cli.evaluation.search import SearchSettings
 
     seen = {}
 
@@ -148,8 +148,8 @@ def test_a_search_ranks_the_candidates_of_every_model(two_releases, tmp_path, mo
         seen["sizes"] = [len(c) for c in candidates]
         return SimpleNamespace(ranking=[], candidates=[])
 
-    monkeypatch.setattr(kldm_cli.relax, "load_chgnet", lambda device: "fake CHGNet")
-    monkeypatch.setattr(kldm_cli.search, "search_structures", fake_search)
+    monkeypatch.setattr(kldm_cli.evaluation.relax, "load_chgnet", lambda device: "fake CHGNet")
+    monkeypatch.setattr(kldm_cli.evaluation.search, "search_structures", fake_search)
     out = tmp_path / "out"
     result = predict(
         _formula(), 2, out=out, steps=2, formula_units="auto",

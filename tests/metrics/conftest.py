@@ -56,7 +56,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 @pytest.fixture(scope="session")
 def _chgnet_once():
     pytest.importorskip("chgnet")
-    from kldm_cli.relax import load_chgnet
+    from kldm_cli.evaluation.relax import load_chgnet
 
     return load_chgnet("cpu")
 

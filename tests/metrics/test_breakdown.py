@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from kldm_cli.breakdown import atom_group, breakdown_csp_record, element_group
 from kldm_cli.cli.main import app
 from kldm_cli.data.readers import load_dataset
-from kldm_cli.evaluate import evaluate_csp, write_record
+from kldm_cli.evaluation.breakdown import atom_group, breakdown_csp_record, element_group
+from kldm_cli.evaluation.csp_run import evaluate_csp
+from kldm_cli.evaluation.records import write_record
 
 from .conftest import cscl_nacl, low_symmetry_crystal, rocksalt_nacl
 from .helpers import write_csv

@@ -79,7 +79,7 @@ def test_evaluate_csp_rejects_an_unknown_sampler(tmp_path: Path) -> None:
 
 
 def test_relax_one_tiny_cif(tmp_path: Path, chgnet_model, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("kldm_cli.relax.load_chgnet", lambda device="cpu": chgnet_model)
+    monkeypatch.setattr("kldm_cli.evaluation.relax.load_chgnet", lambda device="cpu": chgnet_model)
     source = write_cifs(tmp_path / "in", [displaced(rocksalt_nacl(5.5), 0.1)]) / "sample_000.cif"
     out = tmp_path / "relaxed"
     result = runner.invoke(app, ["relax", str(source), "--out", str(out), "--steps", "3"])
@@ -122,7 +122,7 @@ def _fake_evaluate_dng(monkeypatch: pytest.MonkeyPatch, **extra_metrics) -> dict
         metrics = {"num_samples": 1, "num_hull_unknown": 0, **dict.fromkeys(keys, 0.5)}
         return {"metrics": {**metrics, **extra_metrics}, "inputs": {}}
 
-    monkeypatch.setattr("kldm_cli.evaluate.evaluate_dng", fake_evaluate_dng)
+    monkeypatch.setattr("kldm_cli.evaluation.dng_run.evaluate_dng", fake_evaluate_dng)
     return seen
 
 
@@ -154,7 +154,6 @@ def _no_reading(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("read a dataset before checking --device")
 
     monkeypatch.setattr("kldm_cli.data.readers.load_dataset", refuse)
-    monkeypatch.setattr("kldm_cli.evaluate._load", refuse)
 
 
 @pytest.mark.parametrize(

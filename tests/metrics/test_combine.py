@@ -12,8 +12,9 @@ from pymatgen.core import Lattice, Structure
 from typer.testing import CliRunner
 
 from kldm_cli.cli.main import app
-from kldm_cli.combine import combine_dng_records
-from kldm_cli.evaluate import evaluate_dng, write_record
+from kldm_cli.evaluation.combine import combine_dng_records
+from kldm_cli.evaluation.dng_run import evaluate_dng
+from kldm_cli.evaluation.records import write_record
 
 from .conftest import displaced, low_symmetry_crystal, rocksalt_nacl
 from .helpers import write_cifs, write_csv
@@ -39,7 +40,7 @@ def two_nacl_and_kcl(tmp_path: Path) -> tuple[Path, Path]:
 def test_chunks_combine_to_the_whole_run(
     tmp_path: Path, chgnet_model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("kldm_cli.relax.load_chgnet", lambda device="cpu": chgnet_model)
+    monkeypatch.setattr("kldm_cli.evaluation.relax.load_chgnet", lambda device="cpu": chgnet_model)
     samples, reference = two_nacl_and_kcl(tmp_path)
     options = dict(relax_steps=3, elemental_crystals=False, workers=0)
     whole = evaluate_dng(samples, reference, **options)

@@ -12,8 +12,9 @@ from pymatgen.core import Lattice, Structure
 from typer.testing import CliRunner
 
 from kldm_cli.cli.main import app
-from kldm_cli.combine import combine_csp_records
-from kldm_cli.evaluate import evaluate_csp, write_record
+from kldm_cli.evaluation.combine import combine_csp_records
+from kldm_cli.evaluation.csp_run import evaluate_csp
+from kldm_cli.evaluation.records import write_record
 
 from .conftest import collapsed_nacl, displaced, low_symmetry_crystal, rocksalt_nacl
 from .helpers import write_csv
@@ -199,7 +200,7 @@ def test_dng_chunks_still_need_a_base(tmp_path: Path) -> None:
 
 
 def test_ranked_chunks_combine_to_the_whole_ranked_run(tmp_path: Path, chgnet_model) -> None:
-    from kldm_cli.search import SearchSettings
+    from kldm_cli.evaluation.search import SearchSettings
 
     data = write_csv(tmp_path / "test.csv", TARGETS, ids=IDS)
     search = SearchSettings(candidates=2, screen=0, relax_steps=2)

@@ -13,8 +13,10 @@ from scipy.stats import binomtest
 from typer.testing import CliRunner
 
 from kldm_cli.cli.main import app
-from kldm_cli.compare import compare_csp_records, compare_dng_records, mcnemar_exact_p
-from kldm_cli.evaluate import evaluate_csp, evaluate_dng, write_record
+from kldm_cli.evaluation.compare import compare_csp_records, compare_dng_records, mcnemar_exact_p
+from kldm_cli.evaluation.csp_run import evaluate_csp
+from kldm_cli.evaluation.dng_run import evaluate_dng
+from kldm_cli.evaluation.records import write_record
 
 from .conftest import collapsed_nacl, cscl_nacl, displaced, low_symmetry_crystal, rocksalt_nacl
 from .helpers import write_cifs, write_csv

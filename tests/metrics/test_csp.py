@@ -8,8 +8,8 @@ import time
 import pytest
 from pymatgen.core import Structure
 
-from kldm_cli.metrics._parallel import run_tasks
-from kldm_cli.metrics.csp import match_structures, rms_distance
+from kldm_cli.evaluation.metrics._parallel import run_tasks
+from kldm_cli.evaluation.metrics.csp import match_structures, rms_distance
 
 from .conftest import collapsed_nacl, cscl_nacl, displaced, low_symmetry_crystal, rocksalt_nacl
 

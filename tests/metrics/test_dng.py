@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from kldm_cli.metrics.dng import (
+from kldm_cli.evaluation.metrics.dng import (
     CompositionScaler,
     composition_fingerprints,
     coverage,

@@ -10,7 +10,8 @@ import pytest
 import torch
 from pymatgen.core import Lattice, Structure
 
-from kldm_cli.evaluate import evaluate_csp, evaluate_dng
+from kldm_cli.evaluation.csp_run import evaluate_csp
+from kldm_cli.evaluation.dng_run import evaluate_dng
 
 from .conftest import cscl_nacl, displaced, low_symmetry_crystal, rocksalt_nacl
 from .helpers import write_cifs, write_csv
@@ -123,7 +124,7 @@ def nacl_and_kcl_without_elemental_k(tmp_path: Path) -> tuple[Path, Path]:
 def test_evaluate_dng_with_chgnet_stability(
     tmp_path: Path, chgnet_model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("kldm_cli.relax.load_chgnet", lambda device="cpu": chgnet_model)
+    monkeypatch.setattr("kldm_cli.evaluation.relax.load_chgnet", lambda device="cpu": chgnet_model)
     samples, reference = nacl_and_kcl_without_elemental_k(tmp_path)
     record = evaluate_dng(samples, reference, relax_steps=3, elemental_crystals=False, workers=0)
     nacl, potassium = record["per_sample"]
@@ -143,7 +144,7 @@ def test_ase_elemental_crystals_complete_the_hull(
 ) -> None:
     """The K sample has no elemental K in the reference set; ASE's bcc K, relaxed with CHGNet,
     makes its hull defined. Na gets ASE's bcc Na as a second candidate; Cl has none in ASE."""
-    monkeypatch.setattr("kldm_cli.relax.load_chgnet", lambda device="cpu": chgnet_model)
+    monkeypatch.setattr("kldm_cli.evaluation.relax.load_chgnet", lambda device="cpu": chgnet_model)
     samples, reference = nacl_and_kcl_without_elemental_k(tmp_path)
     record = evaluate_dng(samples, reference, relax_steps=3, workers=0)
     hull = record["inputs"]["hull_reference"]

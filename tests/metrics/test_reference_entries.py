@@ -13,13 +13,17 @@ from monty.json import MontyEncoder
 from pymatgen.core import Lattice, Structure
 from pymatgen.entries.computed_entries import ComputedStructureEntry
 
-from kldm_cli.evaluate import evaluate_dng
-from kldm_cli.metrics.dng import DNG_MATCHER_SETTINGS, matches_any, matches_any_disorder_aware
-from kldm_cli.metrics.reference_entries import (
+from kldm_cli.evaluation.dng_run import evaluate_dng
+from kldm_cli.evaluation.metrics.dng import (
+    DNG_MATCHER_SETTINGS,
+    matches_any,
+    matches_any_disorder_aware,
+)
+from kldm_cli.evaluation.metrics.reference_entries import (
     energies_above_entries_hull,
     load_reference_entries,
 )
-from kldm_cli.relax import RelaxResult
+from kldm_cli.evaluation.relax import RelaxResult
 
 from .conftest import cscl_nacl, rocksalt_nacl
 from .helpers import write_cifs, write_csv
@@ -179,9 +183,9 @@ def cheap_energies(monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
         return [-0.8 if s.volume < 40 and len(s) == 2 and "Na" in s.symbol_set
                 else energy(s) for s in structures]  # fmt: skip
 
-    monkeypatch.setattr("kldm_cli.relax.load_chgnet", lambda device="cpu": None)
-    monkeypatch.setattr("kldm_cli.relax.relax_structures", relax)
-    monkeypatch.setattr("kldm_cli.relax.predict_energies", single_points)
+    monkeypatch.setattr("kldm_cli.evaluation.relax.load_chgnet", lambda device="cpu": None)
+    monkeypatch.setattr("kldm_cli.evaluation.relax.relax_structures", relax)
+    monkeypatch.setattr("kldm_cli.evaluation.relax.predict_energies", single_points)
     return ENERGIES
 
 

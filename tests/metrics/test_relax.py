@@ -7,7 +7,7 @@ import sys
 import pytest
 from pymatgen.core import Structure
 
-from kldm_cli.relax import (
+from kldm_cli.evaluation.relax import (
     RelaxResult,
     load_chgnet,
     rank_candidates,

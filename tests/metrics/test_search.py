@@ -6,15 +6,15 @@ import pytest
 from pymatgen.core import Structure
 
 from kldm_cli.data.writers import parse_cif_metadata
-from kldm_cli.predict import write_search
-from kldm_cli.ranked import ranked_metrics
-from kldm_cli.search import (
+from kldm_cli.evaluation.ranked import ranked_metrics
+from kldm_cli.evaluation.search import (
     SearchSettings,
     screen_lowest,
     search_structures,
     spacegroup_of,
     unique_candidates,
 )
+from kldm_cli.predict import write_search
 
 from .conftest import cscl_nacl, displaced, low_symmetry_crystal, rocksalt_nacl
 
@@ -62,7 +62,7 @@ def test_two_identical_candidates_give_one_entry(chgnet_model) -> None:
 
 
 def test_screen_relaxes_only_the_lowest_single_point_energy(chgnet_model) -> None:
-    from kldm_cli.relax import predict_energies
+    from kldm_cli.evaluation.relax import predict_energies
 
     candidates = [cscl_nacl(), rocksalt_nacl()]
     energies = predict_energies(candidates, model=chgnet_model)
@@ -124,7 +124,7 @@ def test_ranked_metrics_count_the_first_matching_rank() -> None:
 
 
 def test_stages_say_where_the_right_structure_was_lost() -> None:
-    from kldm_cli.ranked import right_structure_stages
+    from kldm_cli.evaluation.ranked import right_structure_stages
 
     def candidate(index, status, duplicate_of=None):
         return {"sample_index": index, "status": status, "duplicate_of": duplicate_of}
@@ -156,7 +156,7 @@ def test_stages_say_where_the_right_structure_was_lost() -> None:
 def test_a_comparison_that_never_ends_counts_as_different(monkeypatch) -> None:
     import time
 
-    import kldm_cli.relax as relax
+    import kldm_cli.evaluation.relax as relax
 
     class StuckMatcher:
         def fit(self, first, second):
@@ -170,7 +170,7 @@ def test_a_comparison_that_never_ends_counts_as_different(monkeypatch) -> None:
 
 
 def test_relaxation_in_worker_processes_matches_the_in_process_one(chgnet_model) -> None:
-    from kldm_cli.search import relax_many
+    from kldm_cli.evaluation.search import relax_many
 
     structures = [rocksalt_nacl(5.5), cscl_nacl()]
     here = relax_many(structures, steps=2, fmax=0.1, workers=1, model=chgnet_model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from kldm_cli.metrics.stability import (
+from kldm_cli.evaluation.metrics.stability import (
     HullReference,
     chemical_system,
     elemental_crystals,

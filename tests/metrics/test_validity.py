@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from kldm_cli.metrics.validity import compositional_validity, is_valid, structural_validity
+from kldm_cli.evaluation.metrics.validity import (
+    compositional_validity,
+    is_valid,
+    structural_validity,
+)
 
 from .conftest import NACL_A, collapsed_nacl, rocksalt_nacl
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import typer
 from rich.console import Console
@@ -18,20 +17,6 @@ from rich.progress import (
 
 console = Console()
 err_console = Console(stderr=True)
-
-
-# Sampler options shared by predict, generate and evaluate csp (typer.Option defaults).
-def batch_atoms_option() -> Any:
-    return typer.Option(4096, "--batch-atoms", min=1, help="Atoms per sampling batch.")
-
-
-def grid_option() -> Any:
-    return typer.Option(
-        None,
-        "--grid",
-        help="Sampler time grid: uniform, or power[:RHO] (steps shrink towards the data; "
-        "power = power:2). Default: the model's (uniform).",
-    )
 
 
 def check_count_and_sampler(n: int, n_hint: str, sampler: str | None) -> None:
@@ -78,26 +63,6 @@ class SamplingProgress:
 
     def __exit__(self, *exc: object) -> None:
         self.progress.__exit__(*exc)  # type: ignore[arg-type]
-
-
-def cache_dir_option() -> Any:
-    return typer.Option(
-        None,
-        "--cache-dir",
-        help="Folder of the preprocessing cache (default: $KLDM_CACHE_DIR, else "
-        "~/.cache/kldm/datasets).",
-        show_default=False,
-    )
-
-
-def threads_option() -> Any:
-    return typer.Option(
-        None,
-        "--threads",
-        min=1,
-        help="CPU threads (default: one per physical core that other processes leave free, "
-        "at most one per 256 atoms of a batch; see docs/benchmarks.md).",
-    )
 
 
 @contextmanager

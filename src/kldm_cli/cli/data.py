@@ -20,7 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from kldm_cli.cli.common import cache_dir_option
+from kldm_cli.cli import options
 
 app = typer.Typer(help="Inspect crystal datasets.", no_args_is_help=True)
 
@@ -58,7 +58,7 @@ def stats(
     no_cache: bool = typer.Option(
         False, "--no-cache", help="Parse the dataset again; neither read nor write the cache."
     ),
-    cache_dir: Path | None = cache_dir_option(),
+    cache_dir: Path | None = options.cache_dir(),
 ) -> None:
     """Summarise a dataset: structures, atoms per cell, elements, lattice ranges, skipped rows."""
     from kldm_cli.data.readers import default_cache_dir, load_dataset

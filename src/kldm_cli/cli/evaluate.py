@@ -8,14 +8,8 @@ from typing import Any, NoReturn
 import typer
 from rich.table import Table
 
-from kldm_cli.cli.common import (
-    batch_atoms_option,
-    console,
-    err_console,
-    grid_option,
-    threads_option,
-    user_errors,
-)
+from kldm_cli.cli import options
+from kldm_cli.cli.common import console, err_console, user_errors
 from kldm_cli.cli.relax import missing_extra
 
 app = typer.Typer(
@@ -74,23 +68,17 @@ def _print_hull(metrics: dict[str, Any]) -> None:
 @app.command("csp")
 def csp_command(
     data: Path = typer.Option(..., "--data", help="Test set: CDVAE-style CSV (.csv/.csv.gz)."),
-    weights: str | None = typer.Option(
-        None, "--weights", help="Model folder, hf://OWNER/REPO[@REV] or release name."
-    ),
+    weights: str | None = options.weights(),
     k: int = typer.Option(1, "-k", min=1, help="Candidates per test composition (MR@k): 1 or 20."),
-    limit: int | None = typer.Option(
-        None, "--limit", min=1, help="Use N test rows: the first N, or N from --start."
-    ),
-    start: int = typer.Option(
-        0, "--start", min=0, help="First test row (0-based); with --limit, evaluate one chunk."
-    ),
+    limit: int | None = options.limit("test rows"),
+    start: int = options.start("test row", "evaluate one chunk"),
     sampler: str = typer.Option("pc", "--sampler", help="pc (predictor-corrector) or em."),
     steps: int = typer.Option(1000, "--steps", min=1, help="Sampling steps."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the sampler."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (sampling)."),
-    grid: str | None = grid_option(),
-    threads: int | None = threads_option(),
-    batch_atoms: int = batch_atoms_option(),
+    grid: str | None = options.grid(),
+    threads: int | None = options.threads(),
+    batch_atoms: int = options.batch_atoms(),
     workers: int = typer.Option(2, "--workers", min=0, help="Matching processes (0: in-process)."),
     timeout: float = typer.Option(
         30.0, "--timeout", min=0.0, help="Seconds per candidate/target match; past it: no match."
@@ -102,19 +90,15 @@ def csp_command(
         help="Also relax the -k candidates with CHGNet, rank them by energy (as predict "
         "--candidates) and report ranked top-1/3/5 next to MR@1 and MR@k. Needs [relax].",
     ),
-    screen: int = typer.Option(
-        5, "--screen", min=0, help="With --rank: unique candidates relaxed (0: all)."
-    ),
-    relax_steps: int = typer.Option(
-        100, "--relax-steps", min=0, help="With --rank: most FIRE steps per relaxation."
-    ),
+    screen: int = options.screen("With --rank: unique candidates relaxed (0: all)."),
+    relax_steps: int = options.relax_steps("With --rank: most FIRE steps per relaxation."),
     relax_workers: int = typer.Option(
         1, "--relax-workers", min=0, help="With --rank: relaxation processes."
     ),
 ) -> None:
     """Crystal structure prediction: match rate and RMSE against a test set."""
-    from kldm_cli.evaluate import SAMPLERS, evaluate_csp
-    from kldm_cli.search import SearchSettings
+    from kldm_cli.evaluation.csp_run import SAMPLERS, evaluate_csp
+    from kldm_cli.evaluation.search import SearchSettings
 
     search = None
     if rank:
@@ -144,7 +128,7 @@ def csp_command(
 
 def _interrupted(out: Path | None) -> NoReturn:
     """Ctrl-C during ``evaluate csp``: say what was kept (exit code 130)."""
-    from kldm_cli.candidate_log import log_path
+    from kldm_cli.evaluation.candidate_log import log_path
 
     kept = out is not None and log_path(out).exists()
     hint = (
@@ -209,12 +193,8 @@ def dng_command(
         help="Held-out set for coverage and Wasserstein distances, as in CDVAE "
         "(default: --reference; CrystalNN fingerprints take ~0.5 s per structure).",
     ),  # fmt: skip
-    limit: int | None = typer.Option(
-        None, "--limit", min=1, help="Use N samples: the first N, or N from --start."
-    ),
-    start: int = typer.Option(
-        0, "--start", min=0, help="First sample (0-based); with --limit, score one chunk."
-    ),
+    limit: int | None = options.limit("samples"),
+    start: int = options.start("sample", "score one chunk"),
     stability: bool = typer.Option(
         True, "--stability/--no-stability", help="CHGNet relaxation, E_hull, stable and S.U.N. %."
     ),
@@ -249,7 +229,7 @@ def dng_command(
         "mp_20", "--dataset", help="Coverage cutoffs: mp_20, carbon_24 or perov_5."
     ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (CHGNet)."),
-    threads: int | None = threads_option(),
+    threads: int | None = options.threads(),
     workers: int = typer.Option(2, "--workers", min=0, help="Worker processes (0: in-process)."),
     timeout: float = typer.Option(
         120.0, "--timeout", min=0.0, help="Seconds per matching/fingerprint task."
@@ -257,7 +237,7 @@ def dng_command(
     out: Path | None = typer.Option(None, "--out", help="Write the JSON record here."),
 ) -> None:
     """De novo generation: validity, uniqueness, novelty, coverage, Wasserstein, stability."""
-    from kldm_cli.evaluate import evaluate_dng
+    from kldm_cli.evaluation.dng_run import evaluate_dng
 
     if timeout <= 0:
         raise typer.BadParameter(f"must be positive, got {timeout}", param_hint="--timeout")
@@ -316,8 +296,8 @@ def combine_command(
     ),
 ) -> None:
     """Merge records made in chunks: CSP match rates, or DNG stability into the whole set."""
-    from kldm_cli.combine import load_records
-    from kldm_cli.evaluate import write_record
+    from kldm_cli.evaluation.combine import load_records
+    from kldm_cli.evaluation.records import write_record
 
     with user_errors():
         part_records = load_records(parts)
@@ -338,7 +318,7 @@ def combine_command(
 
 
 def _combine_csp(records: list[dict], paths: list[Path], base: Path | None, data: Path | None):
-    from kldm_cli.combine import combine_csp_records
+    from kldm_cli.evaluation.combine import combine_csp_records
 
     if base is not None:
         raise typer.BadParameter(
@@ -348,7 +328,7 @@ def _combine_csp(records: list[dict], paths: list[Path], base: Path | None, data
 
 
 def _combine_dng(records: list[dict], paths: list[Path], base: Path | None, data: Path | None):
-    from kldm_cli.combine import combine_dng_records, load_records
+    from kldm_cli.evaluation.combine import combine_dng_records, load_records
 
     if data is not None:
         raise typer.BadParameter(
@@ -390,9 +370,9 @@ def compare_command(
 ) -> None:
     """Compare two records pairwise (exact McNemar test): CSP target by target, DNG sample by
     sample (validity, stability, S.U.N.)."""
-    from kldm_cli.combine import load_records
-    from kldm_cli.compare import compare_records
-    from kldm_cli.evaluate import write_record
+    from kldm_cli.evaluation.combine import load_records
+    from kldm_cli.evaluation.compare import compare_records
+    from kldm_cli.evaluation.records import write_record
 
     with user_errors():
         record_a, record_b = load_records([first, second])
@@ -423,10 +403,10 @@ def breakdown_command(
 ) -> None:
     """Match rate of a CSP record split by number of elements, atoms in the cell (--data) and
     compositions seen in the training data (--reference), with standard errors."""
-    from kldm_cli.breakdown import breakdown_csp_record, reference_formulas_of
-    from kldm_cli.combine import load_records
     from kldm_cli.data.readers import load_dataset
-    from kldm_cli.evaluate import write_record
+    from kldm_cli.evaluation.breakdown import breakdown_csp_record, reference_formulas_of
+    from kldm_cli.evaluation.combine import load_records
+    from kldm_cli.evaluation.records import write_record
 
     with user_errors():
         (loaded,) = load_records([record])
@@ -445,7 +425,7 @@ def breakdown_command(
 
 
 def _print_breakdown(result: dict[str, Any]) -> None:
-    from kldm_cli.breakdown import SPLITS
+    from kldm_cli.evaluation.breakdown import SPLITS
 
     title = (
         f"MR@{result['k']} of {result['name']}: {_percent(result['match_rate'])} over "

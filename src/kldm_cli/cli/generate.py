@@ -6,39 +6,31 @@ from pathlib import Path
 
 import typer
 
+from kldm_cli.cli import options
 from kldm_cli.cli.common import (
     SamplingProgress,
-    batch_atoms_option,
     check_count_and_sampler,
     console,
     err_console,
-    grid_option,
-    threads_option,
     user_errors,
 )
 
 
 def generate_command(
     n: int = typer.Option(100, "--n", "-n", help="Number of crystals to generate."),
-    weights: str | None = typer.Option(
-        None, "--weights", help="Model folder, hf://OWNER/REPO\\[@REV] or release name."
-    ),
+    weights: str | None = options.weights(),
     out: Path = typer.Option(Path("samples"), "--out", help="Output folder."),
-    fmt: str = typer.Option("cif", "--format", help="cif (one file each) or extxyz (one file)."),
-    sampler: str | None = typer.Option(None, "--sampler", help="pc or em (default: the model's)."),
-    steps: int | None = typer.Option(
-        None, "--steps", min=1, help="Sampling steps (default: the model's)."
-    ),
-    seed: int = typer.Option(
-        0, "--seed", help="Random seed; the same seed gives the same crystals."
-    ),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    fmt: str = options.output_format(),
+    sampler: str | None = options.sampler(),
+    steps: int | None = options.steps(),
+    seed: int = options.seed("crystals"),
+    device: str = options.device(),
     num_atoms: str | None = typer.Option(
         None, "--num-atoms", help="Atoms per cell: N or LOW-HIGH."
     ),
-    batch_atoms: int = batch_atoms_option(),
-    grid: str | None = grid_option(),
-    threads: int | None = threads_option(),
+    batch_atoms: int = options.batch_atoms(),
+    grid: str | None = options.grid(),
+    threads: int | None = options.threads(),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
 ) -> None:
     """Generate new crystals (species, coordinates and lattice).
@@ -46,8 +38,8 @@ def generate_command(
     Under [bold]torchrun --nproc-per-node K[/] the batches are shared out over the K processes
     (the same files as one process; rank 0 prints the summary).
     """
+    from kldm_cli.evaluation.metrics.validity import structural_validity
     from kldm_cli.generate import generate
-    from kldm_cli.metrics.validity import structural_validity
     from kldm_cli.sampling.shards import shard_from_env
 
     check_count_and_sampler(n, "--n", sampler)

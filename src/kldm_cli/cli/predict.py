@@ -8,14 +8,12 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
+from kldm_cli.cli import options
 from kldm_cli.cli.common import (
     SamplingProgress,
-    batch_atoms_option,
     check_count_and_sampler,
     console,
     err_console,
-    grid_option,
-    threads_option,
     user_errors,
 )
 from kldm_cli.cli.relax import missing_extra
@@ -29,23 +27,17 @@ def predict_command(
         ..., "--formula", "-f", help="Formula as written, e.g. LiFePO4 (7 atoms)."
     ),
     n: int = typer.Option(20, "-n", "--n", help="Number of candidate structures."),
-    weights: str | None = typer.Option(
-        None, "--weights", help="Model folder, hf://OWNER/REPO\\[@REV] or release name."
-    ),
+    weights: str | None = options.weights(),
     out: Path = typer.Option(Path("predictions"), "--out", help="Output folder."),
-    fmt: str = typer.Option("cif", "--format", help="cif (one file each) or extxyz (one file)."),
-    sampler: str | None = typer.Option(None, "--sampler", help="pc or em (default: the model's)."),
-    steps: int | None = typer.Option(
-        None, "--steps", min=1, help="Sampling steps (default: the model's)."
-    ),
-    seed: int = typer.Option(
-        0, "--seed", help="Random seed; the same seed gives the same structures."
-    ),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    fmt: str = options.output_format(),
+    sampler: str | None = options.sampler(),
+    steps: int | None = options.steps(),
+    seed: int = options.seed("structures"),
+    device: str = options.device(),
     formula_units: str = typer.Option("1", "--formula-units", help="Z: an integer, or 'auto'."),
-    batch_atoms: int = batch_atoms_option(),
-    grid: str | None = grid_option(),
-    threads: int | None = threads_option(),
+    batch_atoms: int = options.batch_atoms(),
+    grid: str | None = options.grid(),
+    threads: int | None = options.threads(),
     relax: bool = typer.Option(
         False, "--relax", help="Relax all -n samples with CHGNet and write them ranked by energy."
     ),
@@ -57,15 +49,10 @@ def predict_command(
         "--sampler/--steps/--grid), drop duplicates, relax the --screen lowest in CHGNet energy "
         "and write the best -n ranked by energy per atom. Needs the [relax] extra.",
     ),
-    screen: int = typer.Option(
-        5,
-        "--screen",
-        min=0,
-        help="Search mode: unique candidates relaxed, lowest single-point energy first (0: all).",
+    screen: int = options.screen(
+        "Search mode: unique candidates relaxed, lowest single-point energy first (0: all)."
     ),
-    relax_steps: int = typer.Option(
-        100, "--relax-steps", min=0, help="Most FIRE steps per relaxation."
-    ),
+    relax_steps: int = options.relax_steps("Most FIRE steps per relaxation."),
     fmax: float = typer.Option(0.1, "--fmax", help="Relaxation stops below this force (eV/Å)."),
     workers: int = typer.Option(
         1, "--workers", min=0, help="Processes relaxing candidates in parallel (CPU)."
@@ -76,8 +63,8 @@ def predict_command(
     With [bold]--candidates N[/] (search mode) the best -n of N relaxed candidates are written as
     rank_001_<formula>.cif ... with summary.csv; the unrelaxed candidates go to OUT/candidates/.
     """
+    from kldm_cli.evaluation.search import SearchSettings
     from kldm_cli.predict import predict
-    from kldm_cli.search import SearchSettings
 
     check_count_and_sampler(n, "-n", sampler)
     search = None

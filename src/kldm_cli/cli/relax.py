@@ -31,7 +31,7 @@ def relax_command(
 
     Writes rank_001_<formula>.cif, rank_002_... (lowest energy first) and summary.csv.
     """
-    from kldm_cli.relax import relax_path
+    from kldm_cli.evaluation.relax import relax_path
 
     if fmax <= 0:
         raise typer.BadParameter(f"must be positive, got {fmax}", param_hint="--fmax")
@@ -59,8 +59,9 @@ def relax_command(
 
 
 def print_ranking(ranking: Sequence[Any], files: Sequence[Path] | None = None) -> None:
-    """A table of relaxed structures (:class:`~kldm_cli.relax.RelaxResult`), in the given order."""
-    from kldm_cli.relax import cell_formula
+    """A table of relaxed structures (:class:`~kldm_cli.evaluation.relax.RelaxResult`), in the
+    given order."""
+    from kldm_cli.evaluation.relax import cell_formula
 
     table = Table(title="Relaxed with CHGNet, lowest energy first")
     columns = ["rank", "formula", "E (eV/atom)", "ΔE (eV/atom)", "RMSD (Å)", "steps", "converged"]

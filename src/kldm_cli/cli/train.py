@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from kldm_cli.cli.common import cache_dir_option, console, err_console, threads_option, user_errors
+from kldm_cli.cli import options
+from kldm_cli.cli.common import console, err_console, user_errors
 
 if TYPE_CHECKING:
     from kldm_cli.training import Trainer
@@ -85,8 +86,8 @@ def train_command(
         "--init-from",
         help="Model folder to fine-tune: its weights, network size and elements are kept.",
     ),
-    cache_dir: Path | None = cache_dir_option(),
-    threads: int | None = threads_option(),
+    cache_dir: Path | None = options.cache_dir(),
+    threads: int | None = options.threads(),
 ) -> None:
     """Train a KLDM model; the output folder is a model folder for [bold]--weights[/].
 

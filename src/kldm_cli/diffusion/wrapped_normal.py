@@ -16,15 +16,6 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = [
-    "wrap_centered",
-    "wrap_unit",
-    "wrapped_normal_log_prob",
-    "wrapped_normal_score",
-    "wrapped_normal_score_sq_mean",
-    "wrapped_normal_score_sq_ratio",
-]
-
 
 def wrap_unit(x: Tensor) -> Tensor:
     """``x mod 1`` in ``[0, 1)`` (fractional coordinates).
@@ -45,6 +36,18 @@ def _image_offsets(num_images: int, like: Tensor) -> Tensor:
     return torch.arange(-num_images, num_images + 1, device=like.device, dtype=like.dtype)
 
 
+def _periodic_images(
+    x: Tensor | float, mean: Tensor | float, sigma: Tensor | float, period: float, num_images: int
+) -> tuple[Tensor, Tensor]:
+    """``(d + k·period [..., 2 num_images + 1], sigma [..., 1])`` with ``d`` the principal value
+    of ``x - mean`` (all three broadcast together)."""
+    x, mean, sigma = torch.broadcast_tensors(*_as_tensors(x, mean, sigma))
+    diff = wrap_centered(x - mean, period).unsqueeze(-1)
+    shifted = diff + period * _image_offsets(num_images, diff)
+    sigma = sigma.unsqueeze(-1)
+    return shifted, sigma
+
+
 def wrapped_normal_log_prob(
     x: Tensor,
     mean: Tensor | float,
@@ -53,10 +56,7 @@ def wrapped_normal_log_prob(
     num_images: int = 13,
 ) -> Tensor:
     """Elementwise log WN(x | mean, sigma²) (normalized density w.r.t. length on the circle)."""
-    x, mean, sigma = torch.broadcast_tensors(*_as_tensors(x, mean, sigma))
-    diff = wrap_centered(x - mean, period).unsqueeze(-1)
-    shifted = diff + period * _image_offsets(num_images, diff)
-    sigma = sigma.unsqueeze(-1)
+    shifted, sigma = _periodic_images(x, mean, sigma, period, num_images)
     log_terms = -0.5 * (shifted / sigma).square()
     return (
         torch.logsumexp(log_terms, dim=-1)
@@ -82,10 +82,7 @@ def wrapped_normal_score(
 
     with ``d`` the principal value of ``x - mean``.
     """
-    x, mean, sigma = torch.broadcast_tensors(*_as_tensors(x, mean, sigma))
-    diff = wrap_centered(x - mean, period).unsqueeze(-1)
-    shifted = diff + period * _image_offsets(num_images, diff)
-    sigma = sigma.unsqueeze(-1)
+    shifted, sigma = _periodic_images(x, mean, sigma, period, num_images)
     weights = torch.softmax(-0.5 * (shifted / sigma).square(), dim=-1)
     return -(weights * shifted).sum(dim=-1) / sigma.squeeze(-1).square()
 

@@ -65,7 +65,7 @@ def validation_match_rate(
     """Match rate of one sample of ``model`` per structure of ``records`` (CSP only):
     ``sampler`` with ``steps`` steps, seed 0, matched with the CSP StructureMatcher settings in
     ``workers`` processes (30 s limit per pair; 0: in this process, no limit)."""
-    from kldm_cli.metrics.csp import match_structures
+    from kldm_cli.evaluation.metrics.csp import match_structures
     from kldm_cli.sampling import sample_model
 
     compositions = [r.atomic_numbers.tolist() for r in records]

@@ -27,8 +27,8 @@
   reference's distributions of density (g/cm³) and of the number of distinct elements.
 
 Fingerprints and matching run in worker processes with a per-task time limit
-(:func:`~kldm_cli.metrics._parallel.run_tasks`); nothing is cached between calls — compute the
-fingerprints once with :func:`structure_fingerprints` and pass them to
+(:func:`~kldm_cli.evaluation.metrics._parallel.run_tasks`); nothing is cached between calls —
+compute the fingerprints once with :func:`structure_fingerprints` and pass them to
 :func:`coverage_from_fingerprints` to reuse them.
 """
 
@@ -44,8 +44,8 @@ import numpy as np
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Composition, Structure
 
-from kldm_cli.metrics._parallel import run_tasks
-from kldm_cli.metrics.validity import compositional_validity, structural_validity
+from kldm_cli.evaluation.metrics._parallel import run_tasks
+from kldm_cli.evaluation.metrics.validity import compositional_validity, structural_validity
 
 #: Coverage cutoffs (structure fingerprint distance, composition fingerprint distance) per
 #: benchmark, as published with CDVAE.

@@ -8,7 +8,7 @@ the RMS site displacement divided by the average free length per atom ``(V / N)^
 (dimensionless). The reported RMSE averages this over matched targets only; the match rate
 divides the number of matched targets by the number of all targets.
 
-Only structural validity (:func:`~kldm_cli.metrics.validity.structural_validity`) decides
+Only structural validity (:func:`~kldm_cli.evaluation.metrics.validity.structural_validity`) decides
 whether a candidate may count: its composition is the target's, so compositional validity says
 nothing about the model (the convention of the KLDM reference implementation).
 """
@@ -22,8 +22,8 @@ from typing import Any
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 
-from kldm_cli.metrics._parallel import run_tasks
-from kldm_cli.metrics.validity import structural_validity
+from kldm_cli.evaluation.metrics._parallel import run_tasks
+from kldm_cli.evaluation.metrics.validity import structural_validity
 
 #: The StructureMatcher tolerances of every CSP benchmark (CDVAE, DiffCSP, FlowMM, KLDM).
 CSP_MATCHER_SETTINGS: dict[str, float] = {"stol": 0.5, "angle_tol": 10.0, "ltol": 0.3}

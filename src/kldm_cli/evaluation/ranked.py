@@ -1,8 +1,8 @@
 """The ranked search inside ``kldm evaluate csp --rank``: top-1/3/5 of the ranked candidates.
 
 For every test composition the ``k`` sampled candidates go through
-:func:`kldm_cli.search.search_structures`; the ranked (relaxed) structures and the raw (unrelaxed)
-candidates are then matched against the test structure with the CSP benchmark's
+:func:`kldm_cli.evaluation.search.search_structures`; the ranked (relaxed) structures and the raw
+(unrelaxed) candidates are then matched against the test structure with the CSP benchmark's
 ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)``. Per target the record keeps:
 
 - ``raw_first``: RMSE of the first raw candidate if it matches (MR@1 of the sampler alone);
@@ -26,8 +26,8 @@ from typing import Any
 
 from pymatgen.core import Structure
 
-from kldm_cli.candidate_log import append_line, read_log, setting_differences
-from kldm_cli.search import SearchSettings, search_structures
+from kldm_cli.evaluation.candidate_log import append_line, read_log, setting_differences
+from kldm_cli.evaluation.search import SearchSettings, search_structures
 
 SUFFIX = ".search.jsonl"
 #: Ranks reported as top-n.
@@ -99,8 +99,9 @@ def run_searches(
     model: Any = None,
     report: Callable[[str], None] = lambda message: None,
 ) -> list[dict[str, Any]]:
-    """One :func:`~kldm_cli.search.search_structures` per composition (resumable with ``out``)."""
-    from kldm_cli.relax import load_chgnet
+    """One :func:`~kldm_cli.evaluation.search.search_structures` per composition (resumable
+    with ``out``)."""
+    from kldm_cli.evaluation.relax import load_chgnet
 
     log_settings = {**asdict(settings), "num_targets": len(candidates)}
     path = search_log_path(out) if out is not None else None
@@ -148,7 +149,7 @@ def add_ranked_section(
 ) -> None:
     """Run the ranked search on every composition's candidates and add the ``ranked`` section
     (and the per-target ``search`` entries) to a ``kldm evaluate csp`` record."""
-    from kldm_cli.search import DEDUPE_MATCHER_SETTINGS
+    from kldm_cli.evaluation.search import DEDUPE_MATCHER_SETTINGS
 
     report(f"ranked search on {len(candidates)} compositions")
     search_started = time.perf_counter()
@@ -184,9 +185,9 @@ def score_searches(
     timeout: float | None = 30.0,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Match raw and ranked structures against the targets: (metrics, per-target entries)."""
-    from kldm_cli.metrics._parallel import run_tasks
-    from kldm_cli.metrics.csp import CSP_MATCHER_SETTINGS, rms_distance
-    from kldm_cli.metrics.validity import structural_validity
+    from kldm_cli.evaluation.metrics._parallel import run_tasks
+    from kldm_cli.evaluation.metrics.csp import CSP_MATCHER_SETTINGS, rms_distance
+    from kldm_cli.evaluation.metrics.validity import structural_validity
 
     pairs: list[tuple[int, str, int, Structure]] = []
     for i, (proposals, entry) in enumerate(zip(candidates, entries, strict=True)):

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from kldm_cli.combine import check_csp
+from kldm_cli.evaluation.combine import check_csp
 
 #: The splits :func:`breakdown_csp_record` knows, in the order they are reported, with their
 #: titles.

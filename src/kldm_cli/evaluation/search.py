@@ -6,7 +6,7 @@ go through four stages:
 1. **unique**: a candidate that matches an earlier one (``StructureMatcher`` with pymatgen's
    default tolerances, :data:`DEDUPE_MATCHER_SETTINGS`) is dropped before any energy is computed;
    Structurally invalid candidates (atoms closer than 0.5 Å, a cell of almost no volume: see
-   :func:`kldm_cli.metrics.validity.structural_validity`) are dropped first;
+   :func:`kldm_cli.evaluation.metrics.validity.structural_validity`) are dropped first;
 2. **screen**: CHGNet single-point energies of the unique candidates; only the ``screen`` lowest
    in energy per atom go on (``screen=0``: all of them);
 3. **relax**: FIRE on a Fréchet cell filter (as ``kldm relax``), at most ``relax_steps`` steps,
@@ -29,8 +29,8 @@ from typing import Any, Literal
 
 from pymatgen.core import Structure
 
-from kldm_cli.metrics.validity import structural_validity
-from kldm_cli.relax import DEFAULT_FMAX, RelaxResult, same_structure
+from kldm_cli.evaluation.metrics.validity import structural_validity
+from kldm_cli.evaluation.relax import DEFAULT_FMAX, RelaxResult, same_structure
 
 #: Tolerances used to call two candidates the same structure (pymatgen's defaults).
 DEDUPE_MATCHER_SETTINGS: dict[str, float] = {"ltol": 0.2, "stol": 0.3, "angle_tol": 5.0}
@@ -183,11 +183,11 @@ def _relax_in_worker(structure: Structure, steps: int, fmax: float) -> RelaxResu
     """Relax one structure with a CHGNet loaded once per worker process (one thread)."""
     import torch
 
-    from kldm_cli.relax import relax_structures
+    from kldm_cli.evaluation.relax import relax_structures
 
     if "chgnet" not in _WORKER_MODEL:
         torch.set_num_threads(1)
-        from kldm_cli.relax import load_chgnet
+        from kldm_cli.evaluation.relax import load_chgnet
 
         _WORKER_MODEL["chgnet"] = load_chgnet("cpu")
     return relax_structures([structure], steps=steps, fmax=fmax, model=_WORKER_MODEL["chgnet"])[0]
@@ -205,11 +205,11 @@ def relax_many(
 ) -> list[RelaxResult]:
     """Relax ``structures`` with CHGNet, in ``workers`` processes when more than one (each with
     its own CHGNet on the CPU and one thread; a relaxation past ``timeout`` seconds fails)."""
-    from kldm_cli.relax import relax_structures
+    from kldm_cli.evaluation.relax import relax_structures
 
     if workers <= 1 or len(structures) <= 1 or device != "cpu":
         return relax_structures(structures, steps=steps, fmax=fmax, model=model, device=device)
-    from kldm_cli.metrics._parallel import run_tasks
+    from kldm_cli.evaluation.metrics._parallel import run_tasks
 
     outcomes = run_tasks(
         _relax_in_worker,
@@ -239,10 +239,10 @@ def search_structures(
 ) -> SearchResult:
     """Rank one composition's ``candidates`` (position = sample index) as the module says.
 
-    ``model`` is a loaded CHGNet (:func:`kldm_cli.relax.load_chgnet`); ``on_stage`` is told the
-    name of each stage as it starts (progress).
+    ``model`` is a loaded CHGNet (:func:`kldm_cli.evaluation.relax.load_chgnet`); ``on_stage`` is
+    told the name of each stage as it starts (progress).
     """
-    from kldm_cli.relax import predict_energies, rank_candidates
+    from kldm_cli.evaluation.relax import predict_energies, rank_candidates
 
     stage = on_stage or (lambda name: None)
     timing: dict[str, float] = {}

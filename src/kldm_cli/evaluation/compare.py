@@ -23,7 +23,12 @@ from __future__ import annotations
 from math import comb
 from typing import Any
 
-from kldm_cli.combine import STABILITY_SETTINGS, check_csp, check_dng, index_by_material_id
+from kldm_cli.evaluation.combine import (
+    STABILITY_SETTINGS,
+    check_csp,
+    check_dng,
+    index_by_material_id,
+)
 
 #: Settings reported when the two records differ in them (a difference is allowed: comparing
 #: samplers or step counts is what the command is for, but it is said).

@@ -27,7 +27,7 @@ their energies are CHGNet single points, so samples can land far below it. Its r
 "proxy hull: N structures of the bundled data files" and report, next to the rates, the share
 of samples below it, below it by more than 0.1 eV/atom, and with no hull at all. A hull that can
 be compared with the papers' comes from DFT reference entries
-(:mod:`kldm_cli.metrics.reference_entries`).
+(:mod:`kldm_cli.evaluation.metrics.reference_entries`).
 
 A sample is *stable* when E_hull ≤ 0.1 eV/atom (MatterGen's definition; unknown counts as not
 stable, and the number of unknowns is reported). S.U.N. = stable, unique and novel; every rate
@@ -127,7 +127,7 @@ def build_hull_reference(
     """CHGNet energies of the reference structures relevant to ``samples`` and, with
     ``add_elemental_crystals``, of ASE's crystal of each sample element after
     ``elemental_relax_steps`` of CHGNet relaxation (see module doc)."""
-    from kldm_cli.relax import load_chgnet, predict_energies, relax_structures
+    from kldm_cli.evaluation.relax import load_chgnet, predict_energies, relax_structures
 
     structures = [reference[i] for i in relevant_reference(samples, reference)]
     model = model or load_chgnet(device)

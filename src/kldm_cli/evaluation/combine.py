@@ -14,10 +14,11 @@ the whole set's record with E_hull, stable and S.U.N. per sample and stability m
 measured samples.
 
 Merging is exact: a sample's E_hull depends only on its own relaxation and on the reference
-structures of its own chemical system (:func:`kldm_cli.metrics.stability.energies_above_hull`),
-never on which other samples shared its chunk. S.U.N. is recomputed with the whole set's
-uniqueness flags (a chunk only sees duplicates inside itself) and the chunks' novelty against the
-known structures (``novel_vs_known``, per sample; records from before it use ``novel``).
+structures of its own chemical system
+(:func:`kldm_cli.evaluation.metrics.stability.energies_above_hull`), never on which other samples
+shared its chunk. S.U.N. is recomputed with the whole set's uniqueness flags (a chunk only sees
+duplicates inside itself) and the chunks' novelty against the known structures (``novel_vs_known``,
+per sample; records from before it use ``novel``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from kldm_cli.evaluation.records import dataset_info, read_dataset, utc_now
 
 #: Settings that must agree between the chunks: they decide E_hull.
 STABILITY_SETTINGS = ("relax_steps", "reference_relax_steps", "elemental_crystals", "fmax")
@@ -49,8 +52,7 @@ def combine_dng_records(
     than the first part. ``base_name`` and ``part_names`` (e.g. file paths) name the records in
     errors and in ``inputs.stability_records``.
     """
-    from kldm_cli.evaluate import _now
-    from kldm_cli.metrics.stability import STABILITY_THRESHOLD, stability_metrics
+    from kldm_cli.evaluation.metrics.stability import STABILITY_THRESHOLD, stability_metrics
 
     names = _part_names(parts, part_names)
     check_dng(base, base_name)
@@ -139,7 +141,7 @@ def combine_dng_records(
     }
     return {
         "task": "dng",
-        "created": _now(),
+        "created": utc_now(),
         "combined_from": {"base": base_name, "stability": names},
         "metrics": metrics,
         "settings": settings,
@@ -187,8 +189,7 @@ def combine_csp_records(
     naming the record when a part is not a CSP record, used other weights or CSP settings than
     the first part, or evaluated a target already evaluated by another part.
     """
-    from kldm_cli.evaluate import _now
-    from kldm_cli.metrics.csp import TargetMatch, csp_result
+    from kldm_cli.evaluation.metrics.csp import TargetMatch, csp_result
 
     names = _part_names(parts, part_names)
     first, first_name = parts[0], names[0]
@@ -213,7 +214,7 @@ def combine_csp_records(
     )
     combined = {
         "task": "csp",
-        "created": _now(),
+        "created": utc_now(),
         "combined_from": names,
         "metrics": {"k": first["settings"]["k"], **result.summary()},
         "settings": settings,
@@ -241,7 +242,7 @@ def _combine_ranked(
 ) -> dict[str, Any]:
     """The ``ranked`` section (``kldm evaluate csp --rank``) of the union of ``parts``: every
     part must have one, with the settings of the first."""
-    from kldm_cli.ranked import ranked_metrics
+    from kldm_cli.evaluation.ranked import ranked_metrics
 
     first = parts[0]["ranked"]["settings"]
     for part, name in zip(parts, names, strict=True):
@@ -288,9 +289,8 @@ def _place_in_file(
 ) -> dict[str, Any]:
     """Re-index ``per_target`` (in place) by row of the test file ``data`` and sort it by row;
     return the file's ``inputs.data`` entry."""
-    from kldm_cli.evaluate import _dataset_info, _load
 
-    dataset = _load(data, niggli=True, use_cache=True)  # as evaluate_csp reads it
+    dataset = read_dataset(data, niggli=True, use_cache=True)  # as evaluate_csp reads it
     rows: dict[str, tuple[int, str]] = {}
     for row, record in enumerate(dataset.records):
         if record.material_id in rows:
@@ -306,7 +306,7 @@ def _place_in_file(
             )
         entry["index"] = rows[target][0]
     per_target.sort(key=lambda entry: entry["index"])
-    return _dataset_info(data, dataset, len(per_target))
+    return dataset_info(data, dataset, len(per_target))
 
 
 def _csp_part_info(part: dict[str, Any], name: str) -> dict[str, Any]:
