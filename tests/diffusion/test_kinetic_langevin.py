@@ -8,6 +8,7 @@ import torch
 
 from kldm_cli.config import KineticLangevinConfig
 from kldm_cli.diffusion.kinetic_langevin import KineticLangevin, _score_sq_ratio_grid, mean_free
+from kldm_cli.diffusion.reverse import ReverseStep, StepContext
 from kldm_cli.diffusion.wrapped_normal import wrapped_normal_score, wrapped_normal_score_sq_mean
 
 from .reference import (
@@ -26,6 +27,11 @@ EPS = KineticLangevinConfig(simplified_parameterization=False)  # KLDM-ε
 
 def process(base: KineticLangevinConfig = EPS_0, **overrides) -> KineticLangevin:
     return KineticLangevin(dataclasses.replace(base, **overrides))
+
+
+def reverse_step(kind, t01, dt01, batch_index, num_crystals, generator=None, tau=0.25):
+    """The :class:`ReverseStep` the sampler would hand the process."""
+    return ReverseStep(kind, t01, dt01, StepContext(batch_index, num_crystals, tau), generator)
 
 
 def crystals(*num_atoms: int) -> tuple[torch.Tensor, int]:
@@ -187,10 +193,11 @@ def test_noise_targets_and_steps_are_mean_free(base, mean_free_velocity):
     _, v_prior = kl.prior(batch_index, num_crystals, generator=generator)
     outputs = [v_t, target, v_prior]
     prediction = torch.randn(f0.shape, generator=generator)  # not mean-free on purpose
-    for step in (kl.step_em, kl.step_predictor, kl.step_corrector):
-        f_next, v_next = step(
-            t01, -0.01, f_t, v_t, prediction, batch_index, num_crystals, generator=generator
-        )
+    for kind, step in (
+        ("em", kl.step_em), ("predictor", kl.step_predictor), ("corrector", kl.step_corrector)
+    ):  # fmt: skip
+        step_args = reverse_step(kind, t01, -0.01, batch_index, num_crystals, generator)
+        f_next, v_next = step(step_args, (f_t, v_t), prediction)
         assert f_next.shape == v_next.shape == f0.shape
         assert bool(((f_next >= 0) & (f_next < 1)).all())
         outputs.append(v_next)
@@ -238,16 +245,14 @@ def test_reverse_sampling_with_oracle_recovers_point_mass(method, base):
         state = (frac_coords, velocity)
         if method == "pc":
             pred = oracle_prediction(kl, f0, t01, *state, batch_index, num_crystals)
-            state = kl.step_corrector(
-                t01, dt01, *state, pred, batch_index, num_crystals, generator=generator
-            )
-            step = kl.step_predictor
+            corrector = reverse_step("corrector", t01, dt01, batch_index, num_crystals, generator)
+            state = kl.step_corrector(corrector, state, pred)
+            kind, step = "predictor", kl.step_predictor
         else:
-            step = kl.step_em
+            kind, step = "em", kl.step_em
         pred = oracle_prediction(kl, f0, t01, *state, batch_index, num_crystals)
-        frac_coords, velocity = step(
-            t01, dt01, *state, pred, batch_index, num_crystals, generator=generator
-        )
+        step_args = reverse_step(kind, t01, dt01, batch_index, num_crystals, generator)
+        frac_coords, velocity = step(step_args, state, pred)
     diff = frac_coords - f0
     distance = (diff - torch.round(diff)).abs().amax(dim=1)
     assert float(distance.max()) < 0.05
@@ -271,19 +276,16 @@ def test_steps_keep_the_stationary_distribution(mean_free_velocity):
         batch_index, num_crystals, generator=generator, dtype=torch.float64
     )
     t01 = torch.full((num_crystals,), 0.5, dtype=torch.float64)
+    em = reverse_step("em", t01, -0.002, batch_index, num_crystals, generator)
     for _ in range(100):
         prediction = -TWO_PI * velocity
-        frac_coords, velocity = kl.step_em(
-            t01, -0.002, frac_coords, velocity, prediction, batch_index, num_crystals, generator
-        )
+        frac_coords, velocity = kl.step_em(em, (frac_coords, velocity), prediction)
     assert float((TWO_PI * velocity).square().mean()) == pytest.approx(dof, rel=0.03)
     tau = 0.25
+    corrector = reverse_step("corrector", t01, -0.002, batch_index, num_crystals, generator, tau)
     for _ in range(40):
         prediction = -TWO_PI * velocity
-        frac_coords, velocity = kl.step_corrector(
-            t01, -0.002, frac_coords, velocity, prediction, batch_index, num_crystals,
-            tau=tau, generator=generator,
-        )  # fmt: skip
+        frac_coords, velocity = kl.step_corrector(corrector, (frac_coords, velocity), prediction)
     # per-crystal δ estimates add a ~2 % Jensen bias on top of the sampling error (~1.3 %)
     assert float((TWO_PI * velocity).square().mean()) == pytest.approx(dof + tau / 2, rel=0.06)
     assert float(torch.cos(TWO_PI * frac_coords).mean()) == pytest.approx(0.0, abs=0.03)
@@ -308,10 +310,11 @@ def _run_everything(kl, seed):
     t01 = torch.tensor([0.3, 0.9])
     f_t, v_t, target = kl.sample_training(t01, f0, batch_index, num_crystals, generator)
     prior = kl.prior(batch_index, num_crystals, generator=generator)
-    em = kl.step_em(t01, -0.01, f_t, v_t, target, batch_index, num_crystals, generator=generator)
-    corr = kl.step_corrector(
-        t01, -0.01, f_t, v_t, target, batch_index, num_crystals, generator=generator
+    em = kl.step_em(
+        reverse_step("em", t01, -0.01, batch_index, num_crystals, generator), (f_t, v_t), target
     )
+    corrector = reverse_step("corrector", t01, -0.01, batch_index, num_crystals, generator)
+    corr = kl.step_corrector(corrector, (f_t, v_t), target)
     return torch.cat([f_t, v_t, target, *prior, *em, *corr])
 
 

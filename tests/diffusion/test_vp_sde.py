@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from kldm_cli.config import LatticeDiffusionConfig
+from kldm_cli.diffusion.reverse import ReverseStep, StepContext
 from kldm_cli.diffusion.vp_sde import VPSDE
 
 from .reference import gaussian_mixture_posterior_mean
@@ -69,6 +70,12 @@ def test_schedule_endpoints():
 MIXTURE = dict(means=[-1.0, 1.5], stds=[0.1, 0.2], weights=[0.3, 0.7])
 
 
+def _step(kind, t01, dt01, generator=None, tau=0.25):
+    """A :class:`ReverseStep` for rows with one time each (``t01 [R]``)."""
+    context = StepContext(torch.arange(t01.shape[0]), t01.shape[0], tau=tau)
+    return ReverseStep(kind, t01, dt01, context, generator)
+
+
 def _oracle(sde, t01, x_t):
     alpha, sigma = sde.alpha_sigma(torch.as_tensor(t01, dtype=torch.float64))
     return gaussian_mixture_posterior_mean(x_t, alpha, sigma, **MIXTURE)
@@ -85,10 +92,11 @@ def test_reverse_sampling_with_oracle_reaches_data(method):
         t01 = grid[i].expand(num_samples)
         dt01 = float(grid[i + 1] - grid[i])
         if method == "pc":
-            x = sde.step_corrector(t01, dt01, x, _oracle(sde, grid[i], x), generator=generator)
-            x = sde.step_predictor(t01, dt01, x, _oracle(sde, grid[i], x), generator=generator)
+            step = _step("corrector", t01, dt01, generator)
+            x = sde.step_corrector(step, x, _oracle(sde, grid[i], x))
+            x = sde.step_predictor(_step("predictor", t01, dt01), x, _oracle(sde, grid[i], x))
         else:
-            x = sde.step_em(t01, dt01, x, _oracle(sde, grid[i], x), generator=generator)
+            x = sde.step_em(_step("em", t01, dt01, generator), x, _oracle(sde, grid[i], x))
     x = x.reshape(-1)
     left, right = x[x < 0.25], x[x >= 0.25]
     assert left.numel() / num_samples == pytest.approx(0.3, abs=0.03)
@@ -115,8 +123,9 @@ def test_corrector_has_the_unadjusted_langevin_fixed_point():
         return mean0 + alpha * std0**2 / var_t * (x - alpha * mean0)
 
     for tau in (0.25, 0.02):
+        step = _step("corrector", times, -0.01, generator, tau=tau)
         for _ in range(40):
-            x = sde.step_corrector(times, -0.01, x, pred_x0(x), tau=tau, generator=generator)
+            x = sde.step_corrector(step, x, pred_x0(x))
         assert float(x.mean()) == pytest.approx(alpha * mean0, abs=0.02)
         assert float(x.var()) == pytest.approx(var_t * (1 + tau / 2), rel=0.025)
 
@@ -128,10 +137,8 @@ def test_corrector_step_size_per_row_or_per_tensor():
     t01 = torch.tensor([0.4, 0.4], dtype=torch.float64)
     score = sde.score(t01, x, pred)
     for per_row in (False, True):
-        got = sde.step_corrector(
-            t01, -0.01, x, pred, tau=0.1, generator=torch.Generator().manual_seed(0),
-            per_row=per_row,
-        )  # fmt: skip
+        step = _step("corrector", t01, -0.01, torch.Generator().manual_seed(0), tau=0.1)
+        got = sde.step_corrector(step, x, pred, per_row=per_row)
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
         mean_sq = score.square().mean(dim=1, keepdim=True) if per_row else score.square().mean()
         delta = 0.1 / mean_sq
@@ -145,9 +152,9 @@ def test_same_seed_same_output_and_invalid_config():
         generator = torch.Generator().manual_seed(seed)
         x = sde.prior((6, 6), generator=generator)
         t01 = torch.full((6,), 0.7)
-        a = sde.step_em(t01, -0.01, x, torch.zeros_like(x), generator=generator)
-        b = sde.step_corrector(t01, -0.01, x, torch.zeros_like(x), generator=generator)
-        c = sde.step_predictor(t01, -0.01, x, torch.zeros_like(x), generator=generator)
+        a = sde.step_em(_step("em", t01, -0.01, generator), x, torch.zeros_like(x))
+        b = sde.step_corrector(_step("corrector", t01, -0.01, generator), x, torch.zeros_like(x))
+        c = sde.step_predictor(_step("predictor", t01, -0.01, generator), x, torch.zeros_like(x))
         return torch.cat([x, a, b, c])
 
     assert torch.equal(run(0), run(0))

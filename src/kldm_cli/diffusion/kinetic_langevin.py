@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from kldm_cli.config import KineticLangevinConfig
-from kldm_cli.diffusion.reverse import ReverseStep, step_function
+from kldm_cli.diffusion.reverse import ReverseStep, crystal_step_size, step_function
 from kldm_cli.diffusion.vp_sde import checked_mse, randn_like
 from kldm_cli.diffusion.wrapped_normal import (
     wrap_unit,
@@ -190,10 +190,12 @@ class KineticLangevin(torch.nn.Module):
         num_crystals: int,
         generator: torch.Generator | None,
     ) -> Tensor:
-        noise = randn_like(like, generator)
-        if self.mean_free_velocity:
-            noise = mean_free(noise, batch_index, num_crystals)
-        return noise
+        return self._project(randn_like(like, generator), batch_index, num_crystals)
+
+    def _project(self, x: Tensor, batch_index: Tensor, num_crystals: int) -> Tensor:
+        """``x [N, 3]`` made mean-free per crystal when ``mean_free_velocity`` is on (design
+        choice 3), else ``x`` itself."""
+        return mean_free(x, batch_index, num_crystals) if self.mean_free_velocity else x
 
     # ------------------------------------------------------------------ training
     def sample_initial_velocity(
@@ -233,7 +235,7 @@ class KineticLangevin(torch.nn.Module):
         initial_velocity = self.sample_initial_velocity(
             frac_coords, batch_index, num_crystals, generator
         )
-        return self._transition(
+        return self.sample_transition(
             t01, frac_coords, initial_velocity, batch_index, num_crystals, generator
         )
 
@@ -263,19 +265,6 @@ class KineticLangevin(torch.nn.Module):
             )
         if self.simplified_parameterization and bool((initial_velocity != 0).any()):
             raise ValueError("the simplified parameterization needs v0 = 0 (atoms at rest)")
-        return self._transition(
-            t01, frac_coords, initial_velocity, batch_index, num_crystals, generator
-        )
-
-    def _transition(
-        self,
-        t01: Tensor,
-        frac_coords: Tensor,
-        initial_velocity: Tensor,
-        batch_index: Tensor,
-        num_crystals: int,
-        generator: torch.Generator | None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
         mean_coeff, std_v, coeff_r, std_r, wn_scale = self._atom_kernel(
             t01, batch_index, frac_coords
         )
@@ -289,8 +278,7 @@ class KineticLangevin(torch.nn.Module):
         wn_grad = -wrapped_normal_score(
             std_r * eps_r, 0.0, std_r, self.position_scale, self.num_wrapped_images
         )
-        if self.mean_free_velocity:
-            wn_grad = mean_free(wn_grad, batch_index, num_crystals)
+        wn_grad = self._project(wn_grad, batch_index, num_crystals)
         if self.simplified_parameterization:
             target = wn_grad / wn_scale
         else:
@@ -328,12 +316,12 @@ class KineticLangevin(torch.nn.Module):
             score = coeff_r * wn_scale * prediction - velocity / std_v.square()
         else:
             score = prediction
-        if self.mean_free_velocity:
-            if num_crystals is None:
-                t01 = torch.as_tensor(t01)
-                num_crystals = t01.numel() if t01.dim() else int(batch_index.max()) + 1
-            score = mean_free(score, batch_index, num_crystals)
-        return score
+        if not self.mean_free_velocity:
+            return score
+        if num_crystals is None:
+            t01 = torch.as_tensor(t01)
+            num_crystals = t01.numel() if t01.dim() else int(batch_index.max()) + 1
+        return mean_free(score, batch_index, num_crystals)
 
     def prior(
         self,
@@ -355,32 +343,35 @@ class KineticLangevin(torch.nn.Module):
         velocity = self._noise(like, batch_index, num_crystals, generator)
         return frac_coords, velocity / self.position_scale
 
+    def _step_start(
+        self, step: ReverseStep, velocity: Tensor, prediction: Tensor
+    ) -> tuple[float, Tensor]:
+        """What every reverse step starts from: the internal step length ``h = t_final |dt01|``
+        and the velocity score at ``step.t01`` (:meth:`velocity_score`)."""
+        context = step.context
+        score = self.velocity_score(
+            step.t01, velocity, prediction, context.batch_index, context.num_crystals
+        )
+        return self.t_final * abs(float(step.dt01)), score
+
     def _finish_step(
-        self,
-        frac_coords: Tensor,
-        velocity: Tensor,
-        h: float,
-        batch_index: Tensor,
-        num_crystals: int,
+        self, step: ReverseStep, frac_coords: Tensor, velocity: Tensor, h: float
     ) -> tuple[Tensor, Tensor]:
         """Keep v mean-free, move positions backward in time: ``f ← wrap(f - h v)``."""
-        if self.mean_free_velocity:
-            velocity = mean_free(velocity, batch_index, num_crystals)
+        velocity = self._project(velocity, step.context.batch_index, step.context.num_crystals)
         velocity = velocity / self.position_scale
         return wrap_unit(frac_coords - h * velocity), velocity
 
+    def _step_noise(self, step: ReverseStep, velocity: Tensor) -> Tensor:
+        return self._noise(
+            velocity, step.context.batch_index, step.context.num_crystals, step.generator
+        )
+
     def step_em(
-        self,
-        t01: Tensor,
-        dt01: float,
-        frac_coords: Tensor,
-        velocity: Tensor,
-        prediction: Tensor,
-        batch_index: Tensor,
-        num_crystals: int,
-        generator: torch.Generator | None = None,
+        self, step: ReverseStep, state: tuple[Tensor, Tensor], prediction: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Exponential-integrator step of the reverse SDE from ``t01`` to ``t01 + dt01``.
+        """Exponential-integrator step of the reverse SDE from ``step.t01`` to ``step.t01 +
+        step.dt01``; ``state`` is ``(frac_coords [N, 3], velocity [N, 3])``.
 
         In reverse time τ the velocities follow ``dv = [v + 2 s_v] dτ + √2 dW̄`` (paper,
         "Reverse process", γ = 1). Holding the score at its value at t01 and integrating the
@@ -393,79 +384,58 @@ class KineticLangevin(torch.nn.Module):
         Returns:
             ``(frac_coords [N, 3] in [0, 1), velocity [N, 3] in fractional units)``.
         """
-        h = self.t_final * abs(float(dt01))
-        score = self.velocity_score(t01, velocity, prediction, batch_index, num_crystals)
-        noise = self._noise(velocity, batch_index, num_crystals, generator)
+        frac_coords, velocity = state
+        h, score = self._step_start(step, velocity, prediction)
+        noise = self._step_noise(step, velocity)
         new_velocity = (
             math.exp(h) * velocity * self.position_scale
             + 2.0 * math.expm1(h) * score
             + math.sqrt(math.expm1(2.0 * h)) * noise
         )
-        return self._finish_step(frac_coords, new_velocity, h, batch_index, num_crystals)
+        return self._finish_step(step, frac_coords, new_velocity, h)
 
     def step_predictor(
-        self,
-        t01: Tensor,
-        dt01: float,
-        frac_coords: Tensor,
-        velocity: Tensor,
-        prediction: Tensor,
-        batch_index: Tensor,
-        num_crystals: int,
-        generator: torch.Generator | None = None,
+        self, step: ReverseStep, state: tuple[Tensor, Tensor], prediction: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Deterministic DDIM-type predictor from ``t01`` to ``t01 + dt01`` (reference
-        ``reverse_step_predictor``).
+        """Deterministic DDIM-type predictor from ``step.t01`` to ``step.t01 + step.dt01``
+        (reference ``reverse_step_predictor``).
 
         Treats the velocity marginal as VP with ``α = e^{-t}``, ``σ = σ_v(t)``:
         ``v ← (α'/α) v + ((α'/α) σ - σ') σ s_v`` with primes at ``t + dt`` (α'/α = e^h), then
-        ``f ← wrap(f - h v)``. ``generator`` is accepted for a uniform signature; no draw.
+        ``f ← wrap(f - h v)``. No draw: ``step.generator`` is not used.
         """
-        del generator
-        h = self.t_final * abs(float(dt01))
-        t01 = torch.as_tensor(t01, device=velocity.device)
+        frac_coords, velocity = state
+        batch_index = step.context.batch_index
+        t01 = torch.as_tensor(step.t01, device=velocity.device)
         _, std_v, _, _, _ = self._atom_kernel(t01, batch_index, velocity)
-        t01_next = (t01.to(torch.float64) - abs(float(dt01))).clamp_min(0.0)
+        t01_next = (t01.to(torch.float64) - abs(float(step.dt01))).clamp_min(0.0)
         _, std_v_next, _, _, _ = self._atom_kernel(t01_next, batch_index, velocity)
-        score = self.velocity_score(t01, velocity, prediction, batch_index, num_crystals)
+        h, score = self._step_start(step, velocity, prediction)
         ratio = math.exp(h)
         new_velocity = (
             ratio * velocity * self.position_scale + (ratio * std_v - std_v_next) * std_v * score
         )
-        return self._finish_step(frac_coords, new_velocity, h, batch_index, num_crystals)
+        return self._finish_step(step, frac_coords, new_velocity, h)
 
     def step_corrector(
-        self,
-        t01: Tensor,
-        dt01: float,
-        frac_coords: Tensor,
-        velocity: Tensor,
-        prediction: Tensor,
-        batch_index: Tensor,
-        num_crystals: int,
-        tau: float = 0.25,
-        generator: torch.Generator | None = None,
+        self, step: ReverseStep, state: tuple[Tensor, Tensor], prediction: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Langevin corrector on the velocities at ``t01`` (reference ``reverse_step_corrector``).
+        """Langevin corrector on the velocities at ``step.t01`` (reference
+        ``reverse_step_corrector``).
 
-        ``v ← v + δ s_v + √(2δ) ε`` with ``δ = tau / mean(s_v²)``, the mean over each crystal's
-        atoms and coordinates; then, as the reference does, ``f ← wrap(f - h v)`` with
-        ``h = t_final |dt01|``.
+        ``v ← v + δ s_v + √(2δ) ε`` with ``δ = tau / mean(s_v²)`` (``tau = step.context.tau``),
+        the mean over each crystal's atoms and coordinates; then, as the reference does,
+        ``f ← wrap(f - h v)`` with ``h = t_final |dt01|``.
         """
-        h = self.t_final * abs(float(dt01))
-        score = self.velocity_score(t01, velocity, prediction, batch_index, num_crystals)
-        per_atom = score.square().mean(dim=-1)
-        sums = per_atom.new_zeros(num_crystals).index_add_(0, batch_index, per_atom)
-        counts = per_atom.new_zeros(num_crystals).index_add_(
-            0, batch_index, torch.ones_like(per_atom)
-        )
-        mean_sq = (sums / counts.clamp_min(1.0)).clamp_min(_TINY)
-        delta = (tau / mean_sq)[batch_index][:, None]
-        noise = self._noise(velocity, batch_index, num_crystals, generator)
+        frac_coords, velocity = state
+        context = step.context
+        h, score = self._step_start(step, velocity, prediction)
+        delta = crystal_step_size(score, context.tau, context.batch_index, context.num_crystals)
+        noise = self._step_noise(step, velocity)
         new_velocity = (
             velocity * self.position_scale + delta * score + torch.sqrt(2.0 * delta) * noise
         )
-        return self._finish_step(frac_coords, new_velocity, h, batch_index, num_crystals)
+        return self._finish_step(step, frac_coords, new_velocity, h)
 
     def reverse_step(
         self, step: ReverseStep, state: tuple[Tensor, Tensor], prediction: Tensor
@@ -473,12 +443,10 @@ class KineticLangevin(torch.nn.Module):
         """The sampler's interface (:mod:`kldm_cli.diffusion.reverse`): ``state`` is
         ``(frac_coords, velocity)``; ``step.kind`` picks :meth:`step_em`, :meth:`step_predictor`
         or :meth:`step_corrector`."""
-        context = step.context
-        args = (step.t01, step.dt01, *state, prediction, context.batch_index, context.num_crystals)
-        if step.kind == "corrector":
-            return self.step_corrector(*args, tau=context.tau, generator=step.generator)
-        em_or_predictor = step_function(step.kind, self.step_em, self.step_predictor)
-        return em_or_predictor(*args, generator=step.generator)
+        process_step = step_function(
+            step.kind, self.step_em, self.step_predictor, self.step_corrector
+        )
+        return process_step(step, state, prediction)
 
 
 def _validate(config: KineticLangevinConfig) -> None:

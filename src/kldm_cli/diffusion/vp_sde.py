@@ -134,60 +134,39 @@ class VPSDE(torch.nn.Module):
         noise = torch.randn(tuple(shape), generator=generator, device=draw_device, dtype=dtype)
         return noise.to(device) if device is not None else noise
 
-    def step_em(
-        self,
-        t01: Tensor,
-        dt01: float,
-        x_t: Tensor,
-        pred_x0: Tensor,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """One Euler–Maruyama step of the reverse SDE from ``t01`` to ``t01 + dt01`` (dt01 < 0).
+    def step_em(self, step: ReverseStep, x_t: Tensor, pred_x0: Tensor) -> Tensor:
+        """One Euler–Maruyama step of the reverse SDE from ``step.t01`` to ``step.t01 +
+        step.dt01`` (dt01 < 0); ``step.t01`` has one time per row of ``x_t``.
 
         ``x ← x - [-½β x - β s] h + √(β h) ε`` with ``h = |dt01|``, β and the score s at t01
         (the reference's default ``reverse_step``).
         """
-        h = abs(float(dt01))
-        beta = _per_row(self.beta(torch.as_tensor(t01, device=x_t.device)).to(x_t.dtype), x_t)
-        score = self.score(t01, x_t, pred_x0)
+        h = abs(float(step.dt01))
+        beta = _per_row(self.beta(torch.as_tensor(step.t01, device=x_t.device)).to(x_t.dtype), x_t)
+        score = self.score(step.t01, x_t, pred_x0)
         drift = 0.5 * beta * x_t + beta * score
-        return x_t + drift * h + torch.sqrt(beta * h) * randn_like(x_t, generator)
+        return x_t + drift * h + torch.sqrt(beta * h) * randn_like(x_t, step.generator)
 
-    def step_predictor(
-        self,
-        t01: Tensor,
-        dt01: float,
-        x_t: Tensor,
-        pred_x0: Tensor,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Deterministic DDIM (η = 0) predictor from ``t01`` to ``t01 + dt01``.
+    def step_predictor(self, step: ReverseStep, x_t: Tensor, pred_x0: Tensor) -> Tensor:
+        """Deterministic DDIM (η = 0) predictor from ``step.t01`` to ``step.t01 + step.dt01``.
 
         ``x ← (α'/α) x + ((α'/α) σ - σ') σ s`` where primes are at ``t01 + dt01``: this is
         ``x ← α' x̂₀ + σ' ε̂`` with the ε̂ implied by the score, as in the reference
-        ``reverse_step_predictor``. Stochasticity in PC sampling comes from the corrector.
-        ``generator`` is accepted for a uniform signature and not used.
+        ``reverse_step_predictor``. Stochasticity in PC sampling comes from the corrector;
+        ``step.generator`` is not used.
         """
-        del generator
-        t01 = torch.as_tensor(t01, device=x_t.device)
+        t01 = torch.as_tensor(step.t01, device=x_t.device)
         alpha, sigma = self._alpha_sigma_rows(t01, x_t)
-        alpha_next, sigma_next = self._alpha_sigma_rows(t01 + float(dt01), x_t)
+        alpha_next, sigma_next = self._alpha_sigma_rows(t01 + float(step.dt01), x_t)
         ratio = alpha_next / alpha
         score = self.score(t01, x_t, pred_x0)
         return ratio * x_t + (ratio * sigma - sigma_next) * sigma * score
 
     def step_corrector(
-        self,
-        t01: Tensor,
-        dt01: float,
-        x_t: Tensor,
-        pred_x0: Tensor,
-        tau: float = 0.25,
-        generator: torch.Generator | None = None,
-        *,
-        per_row: bool = False,
+        self, step: ReverseStep, x_t: Tensor, pred_x0: Tensor, *, per_row: bool = False
     ) -> Tensor:
-        """One Langevin corrector step at ``t01`` (time does not move; ``dt01`` is unused).
+        """One Langevin corrector step at ``step.t01`` (time does not move; ``dt01`` is unused)
+        with step size ``step.context.tau``.
 
         ``x ← x + δ s + √(2δ) ε`` with ``δ = tau / mean(s²)``. By default the mean is over the
         whole tensor (all rows and features), i.e. δ = tau / (Fisher information of p_t), which
@@ -197,21 +176,20 @@ class VPSDE(torch.nn.Module):
         does; with few features per row (the 6 lattice numbers, or 1) rows that happen to sit
         where s ≈ 0 get huge steps, which visibly widens the sampled distribution.
         """
-        del dt01
-        score = self.score(t01, x_t, pred_x0)
+        tau = step.context.tau
+        score = self.score(step.t01, x_t, pred_x0)
         if per_row:
             mean_sq = score.square().reshape(score.shape[0], -1).mean(dim=1)
             delta = _per_row(tau / mean_sq.clamp_min(_TINY), x_t)
         else:
             delta = tau / score.square().mean().clamp_min(_TINY)
-        return x_t + delta * score + torch.sqrt(2.0 * delta) * randn_like(x_t, generator)
+        return x_t + delta * score + torch.sqrt(2.0 * delta) * randn_like(x_t, step.generator)
 
     def reverse_step(self, step: ReverseStep, state: Tensor, prediction: Tensor) -> Tensor:
         """The sampler's interface (:mod:`kldm_cli.diffusion.reverse`) for rows with one time
         each (the lattice: ``t01 [B]``, ``state [B, 6]``); the corrector pools its step size
         over the whole tensor."""
-        args = (step.t01, step.dt01, state, prediction)
-        if step.kind == "corrector":
-            return self.step_corrector(*args, tau=step.context.tau, generator=step.generator)
-        em_or_predictor = step_function(step.kind, self.step_em, self.step_predictor)
-        return em_or_predictor(*args, generator=step.generator)
+        process_step = step_function(
+            step.kind, self.step_em, self.step_predictor, self.step_corrector
+        )
+        return process_step(step, state, prediction)

@@ -3,6 +3,8 @@ network input, loss, prior, the reverse steps and decoding to class indices."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor
 
@@ -88,9 +90,8 @@ class AtomTypeProcess(torch.nn.Module):
         """The sampler's interface (:mod:`kldm_cli.diffusion.reverse`): ``step.kind`` picks
         :meth:`step` (EM), :meth:`step_predictor` or :meth:`step_corrector`. ``step.t01 [B]`` has
         one time per crystal; :func:`atom_times` gathers it per atom."""
-        if step.kind == "corrector":
-            return self.step_corrector(step, state, prediction)
-        return step_function(step.kind, self.step, self.step_predictor)(step, state, prediction)
+        process_step = step_function(step.kind, self.step, self.step_predictor, self.step_corrector)
+        return process_step(step, state, prediction)
 
     def decode(self, state: Tensor) -> Tensor:
         """Final mapping of a state to class indices ``[N]`` (long, in ``[0, K)``)."""
@@ -121,3 +122,9 @@ class AtomTypeProcess(torch.nn.Module):
 def atom_times(step: ReverseStep) -> Tensor:
     """The time of each atom's crystal, ``[N]``: ``step.t01[step.context.batch_index]``."""
     return step.t01[step.context.batch_index]
+
+
+def atom_step(step: ReverseStep) -> ReverseStep:
+    """``step`` with one time per atom (:func:`atom_times`) instead of one per crystal, for a
+    process whose rows are atoms (:class:`~kldm_cli.diffusion.vp_sde.VPSDE` on atom types)."""
+    return dataclasses.replace(step, t01=atom_times(step))

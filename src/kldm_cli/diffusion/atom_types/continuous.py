@@ -3,14 +3,12 @@ bits (``c-ab``): x₀ regression with MSE, Euler–Maruyama, DDIM predictor and 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
 from kldm_cli.config import LatticeDiffusionConfig
-from kldm_cli.diffusion.atom_types.base import TINY, AtomTypeProcess, atom_times
-from kldm_cli.diffusion.reverse import ReverseStep
+from kldm_cli.diffusion.atom_types.base import AtomTypeProcess, atom_step, atom_times
+from kldm_cli.diffusion.reverse import ReverseStep, crystal_step_size
 from kldm_cli.diffusion.vp_sde import VPSDE, randn_like
 
 
@@ -73,18 +71,13 @@ class ContinuousTypeDiffusion(AtomTypeProcess):
 
     def step(self, step: ReverseStep, state: Tensor, prediction: Tensor) -> Tensor:
         """Euler–Maruyama step of the reverse SDE (:meth:`VPSDE.step_em`)."""
-        return self._sde_step(self.sde.step_em, step, state, prediction)
+        self._check_prediction(prediction, state.shape[0])
+        return self.sde.step_em(atom_step(step), state, self.x0_estimate(prediction))
 
     def step_predictor(self, step: ReverseStep, state: Tensor, prediction: Tensor) -> Tensor:
         """Deterministic DDIM predictor (:meth:`VPSDE.step_predictor`), as the reference's PC."""
-        return self._sde_step(self.sde.step_predictor, step, state, prediction)
-
-    def _sde_step(
-        self, sde_step: Callable[..., Tensor], step: ReverseStep, state: Tensor, prediction: Tensor
-    ) -> Tensor:
         self._check_prediction(prediction, state.shape[0])
-        pred_x0 = self.x0_estimate(prediction)
-        return sde_step(atom_times(step), step.dt01, state, pred_x0, step.generator)
+        return self.sde.step_predictor(atom_step(step), state, self.x0_estimate(prediction))
 
     def step_corrector(self, step: ReverseStep, state: Tensor, prediction: Tensor) -> Tensor:
         """Langevin corrector (:meth:`corrector`) with its step size pooled per crystal."""
@@ -111,12 +104,12 @@ class ContinuousTypeDiffusion(AtomTypeProcess):
         ``x ← x + δ s + √(2δ) ε`` with the score ``s`` of :meth:`VPSDE.score` and
         ``δ = tau / mean(s²)``. With ``batch_index [N]`` the mean runs over all features of all
         atoms of each crystal, as the reference does for atom types (``scatter_mean`` over
-        ``node_index``); without it, over each atom's own features (:meth:`VPSDE.step_corrector`).
+        ``node_index``); without it, over each atom's own features.
         Pass ``batch_index``: a per-atom step size is noisy for a few features (analog bits) and
         biases the sampled class frequencies (test_atom_types.py, the fixed-prior test).
         """
         if batch_index is None:
-            return self.sde.step_corrector(t01, 0.0, state, pred_x0, tau=tau, generator=generator)
+            batch_index = torch.arange(state.shape[0], device=state.device)
         if batch_index.shape != (state.shape[0],):
             raise ValueError(
                 f"batch_index must have shape ({state.shape[0]},), got {tuple(batch_index.shape)}"
@@ -124,12 +117,5 @@ class ContinuousTypeDiffusion(AtomTypeProcess):
         if num_crystals is None:
             num_crystals = int(batch_index.max()) + 1 if batch_index.numel() else 0
         score = self.sde.score(t01, state, pred_x0)
-        per_atom = score.square().mean(dim=1)
-        total = per_atom.new_zeros(num_crystals).index_add_(0, batch_index, per_atom)
-        count = per_atom.new_zeros(num_crystals).index_add_(
-            0, batch_index, torch.ones_like(per_atom)
-        )
-        mean_sq = (total / count.clamp_min(1.0)).clamp_min(TINY)[batch_index]
-        delta = (tau / mean_sq)[:, None]
-        noise = randn_like(state, generator)
-        return state + delta * score + torch.sqrt(2.0 * delta) * noise
+        delta = crystal_step_size(score, tau, batch_index, num_crystals)
+        return state + delta * score + torch.sqrt(2.0 * delta) * randn_like(state, generator)
