@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -16,16 +14,12 @@ import torch.multiprocessing as mp
 from kldm_cli.generate import generate
 from kldm_cli.sampling.shards import Shard, shard_from_env
 
+from .processes import free_port, join_or_fail
+
 WORLD_SIZE = 2
 #: 7 crystals of 5 atoms, 10 atoms per batch: batches [0, 1], [2, 3], [4, 5], [6] → rank 0 samples
 #: batches 0 and 2, rank 1 batches 1 and 3.
 OPTIONS = dict(n=7, steps=2, seed=3, batch_atoms=10, threads=1)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _worker(rank: int, weights: str, out: str, port: int, resume: bool, report: str) -> None:
@@ -49,15 +43,10 @@ def _worker(rank: int, weights: str, out: str, port: int, resume: bool, report: 
 def _run_two_ranks(weights: Path, out: Path, report: Path, resume: bool = False) -> list[dict]:
     report.mkdir(parents=True, exist_ok=True)
     context = mp.start_processes(
-        _worker, args=(str(weights), str(out), _free_port(), resume, str(report)),
+        _worker, args=(str(weights), str(out), free_port(), resume, str(report)),
         nprocs=WORLD_SIZE, join=False, start_method="spawn",
     )  # fmt: skip
-    deadline = time.monotonic() + 240
-    while not context.join(timeout=2):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("sharded generation did not finish (a rank is waiting on the other)")
+    join_or_fail(context, "sharded generation")
     return [json.loads((report / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
 
 

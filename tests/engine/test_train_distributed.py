@@ -4,8 +4,6 @@
 import gc
 import json
 import os
-import socket
-import time
 
 import pytest
 import torch
@@ -16,14 +14,9 @@ from kldm_cli.training import Trainer, TrainOptions, distributed_from_env
 from kldm_cli.training.dataset import shard_order, steps_per_epoch
 
 from .conftest import FIXTURES
+from .processes import free_port, join_or_fail
 
 WORLD_SIZE = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _options(root, out, **kw):
@@ -83,15 +76,10 @@ def _worker(rank: int, root, ports) -> None:
 
 def test_two_process_training_keeps_ranks_identical_and_resumes_exactly(tmp_path):
     context = mp.start_processes(
-        _worker, args=(tmp_path, [_free_port() for _ in range(3)]), nprocs=WORLD_SIZE,
+        _worker, args=(tmp_path, [free_port() for _ in range(3)]), nprocs=WORLD_SIZE,
         join=False, start_method="spawn",
     )  # fmt: skip
-    deadline = time.monotonic() + 240
-    while not context.join(timeout=2):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("DDP training did not finish (a rank is probably waiting on the other)")
+    join_or_fail(context, "DDP training")
 
     # All-reduced gradients: the ranks trained on different data and noise yet hold the same
     # weights, which are also the ones rank 0 checkpointed.
