@@ -27,7 +27,7 @@ from typing import Any
 from pymatgen.core import Structure
 
 from kldm_cli.evaluation.candidate_log import append_line, read_log, setting_differences
-from kldm_cli.evaluation.search import SearchSettings, search_structures
+from kldm_cli.evaluation.search import RELAXED_STATUSES, SearchSettings, search_structures
 
 SUFFIX = ".search.jsonl"
 #: Ranks reported as top-n.
@@ -218,9 +218,7 @@ def score_searches(
                 "raw_rmse": raw,
                 "candidates": entry.get("candidates", []),
                 **{key: entry[key] for key in ("counts", "timing_s")},
-                "ranked": [
-                    {k: v for k, v in item.items() if k != "cif"} for item in entry["ranked"]
-                ],
+                "ranked": [_without_cif(item) for item in entry["ranked"]],
             }
         )
     return ranked_metrics(per_target), per_target
@@ -262,10 +260,6 @@ def ranked_metrics(per_target: Sequence[dict[str, Any]]) -> dict[str, Any]:
     )
     metrics["right_structure_stages"] = right_structure_stages(per_target)
     return metrics
-
-
-#: Statuses of the candidates that were relaxed (they passed the screen).
-RELAXED_STATUSES = frozenset({"ranked", "failed", "duplicate after relaxation"})
 
 
 def right_structure_stages(per_target: Sequence[dict[str, Any]]) -> dict[str, int]:

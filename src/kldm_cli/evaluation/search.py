@@ -41,6 +41,8 @@ DEFAULT_SYMPREC = 0.1
 Status = Literal[
     "ranked", "invalid", "duplicate", "screened out", "failed", "duplicate after relaxation"
 ]
+#: The statuses of the candidates that passed the screen and were relaxed.
+RELAXED_STATUSES: frozenset[Status] = frozenset({"ranked", "failed", "duplicate after relaxation"})
 
 
 @dataclass(frozen=True)

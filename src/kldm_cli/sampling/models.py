@@ -14,10 +14,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kldm_cli.config import KLDMConfig
 from kldm_cli.device import resolve_device
 from kldm_cli.model import KLDM
+
+if TYPE_CHECKING:
+    from kldm_cli.hub.releases import Release
 
 
 @dataclass
@@ -74,25 +78,16 @@ def check_compositions(
 
 
 # ---------------------------------------------------------------------- routing by cell size
-@dataclass(frozen=True)
-class RoutedRelease:
-    """A release ``kldm predict`` may route a cell to: its name and largest cell (atoms)."""
-
-    name: str
-    max_atoms: int
-
-
-def size_routed_releases(task: str = "csp") -> list[RoutedRelease]:
+def size_routed_releases(task: str = "csp") -> list[Release]:
     """The releases chosen by cell size when ``--weights`` is not given, smallest cells first
     (:data:`kldm_cli.hub.SIZE_ROUTED_RELEASES`)."""
     from kldm_cli.hub import releases as hub
 
     names = hub.SIZE_ROUTED_RELEASES.get(task, ())
-    releases = [RoutedRelease(name, hub.RELEASES[name].max_atoms) for name in names]
-    return sorted(releases, key=lambda release: release.max_atoms)
+    return sorted((hub.RELEASES[name] for name in names), key=lambda release: release.max_atoms)
 
 
-def route_cell(num_atoms: int, releases: Sequence[RoutedRelease]) -> RoutedRelease | None:
+def route_cell(num_atoms: int, releases: Sequence[Release]) -> Release | None:
     """The smallest-cell release whose ``max_atoms`` covers a cell of ``num_atoms`` atoms, or
     ``None`` when none does (``releases`` sorted smallest first)."""
     return next((release for release in releases if num_atoms <= release.max_atoms), None)
