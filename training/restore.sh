@@ -23,7 +23,7 @@ if [[ -n ${SNAPSHOT_COMMIT[$run]:-} ]]; then
         exit 1
     fi
     mkdir -p "$snapshot"
-    cp "training/$run/config.json" "$snapshot/config.json"
+    git show "${SNAPSHOT_COMMIT[$run]}:training/$run/config.json" > "$snapshot/config.json"
     git show "${SNAPSHOT_COMMIT[$run]}:training/$run/model.safetensors" > "$snapshot/model.safetensors"
     echo "$snapshot restored (weights of commit ${SNAPSHOT_COMMIT[$run]:0:7}); go on with --init-from $snapshot"
     exit 0
