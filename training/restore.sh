@@ -7,7 +7,7 @@
 # Usage: training/restore.sh RUN        (from the repository root)
 set -euo pipefail
 declare -A SNAPSHOT_COMMIT=(
-    [csp-mpts52]=0512af7cff37951e5808b7a85045ab6e1806f9b4  # medium, fine-tuned from kldm-csp-mp20
+    [csp-mpts52]=200a0d31910e28c87dcb14eccefae2c29271298a  # medium, x4 large cells, step 1,000 (step 5,000 of the plain run: 0512af7)
 )
 declare -A CHECKPOINT_COMMIT=(
     [csp-mp20]=b43eb261840fa649d55573ed708b7f8825e9d05a         # small, step 50,000
