@@ -335,7 +335,7 @@ def refuse_existing_search(out: Path) -> None:
 
 
 SEARCH_SUMMARY_COLUMNS = (
-    "rank", "file", "sample_index", "candidate_file", "status", "duplicate_of", "formula",
+    "rank", "file", "sample_index", "candidate_file", "status", "duplicate_of", "samples", "formula",
     "spacegroup", "energy_per_atom_eV", "energy_above_best_eV", "single_point_energy_per_atom_eV",
     "relax_steps", "converged",
 )  # fmt: skip
@@ -370,7 +370,7 @@ def write_search(
             "energy_per_atom_eV": entry.energy_per_atom,
             "energy_above_best_eV": entry.energy_above_best,
             "single_point_energy_per_atom_eV": entry.single_point_energy_per_atom,
-            "relax_steps": entry.relax_steps, "converged": entry.converged,
+            "relax_steps": entry.relax_steps, "converged": entry.converged, "samples": entry.samples,
             "spacegroup": entry.spacegroup, "spacegroup_number": entry.spacegroup_number,
             "symprec": symprec, "potential": "CHGNet",
         }  # fmt: skip
@@ -404,6 +404,7 @@ def write_search(
                     outcome.rank or "", path.name if path else "", outcome.sample_index,
                     candidate, outcome.status,
                     "" if outcome.duplicate_of is None else outcome.duplicate_of,
+                    "" if outcome.samples is None else outcome.samples,
                     cell_formula(entry.structure) if entry else "",
                     (entry.spacegroup or "") if entry else "",
                     _number(relaxation.energy_per_atom if relaxation else None),

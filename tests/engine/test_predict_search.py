@@ -186,3 +186,16 @@ def test_a_search_log_cut_mid_line_is_repaired_before_it_grows(tmp_path) -> None
     assert list(_read_log(path, settings)) == [0, 1]
     with pytest.raises(ValueError, match="screen: 5 → 6"):
         _read_log(path, {**settings, "screen": 6})
+
+
+def test_a_search_log_from_before_the_frequency_weight_resumes_at_weight_zero(tmp_path) -> None:
+    from kldm_cli.evaluation.candidate_log import append_line
+    from kldm_cli.evaluation.ranked import _read_log
+
+    path = tmp_path / "record.json.search.jsonl"
+    append_line(path, {"settings": {"screen": 5, "num_targets": 2}})
+    append_line(path, {"target": 0, "ranked": []})
+    settings = {"screen": 5, "num_targets": 2, "frequency_weight": 0.0}
+    assert list(_read_log(path, settings)) == [0]
+    with pytest.raises(ValueError, match="frequency_weight: 0.0 → 0.01"):
+        _read_log(path, {**settings, "frequency_weight": 0.01})

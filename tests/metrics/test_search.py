@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from pymatgen.core import Structure
 
@@ -9,6 +11,8 @@ from kldm_cli.data.writers import parse_cif_metadata
 from kldm_cli.evaluation.ranked import ranked_metrics
 from kldm_cli.evaluation.search import (
     SearchSettings,
+    ranking_score,
+    sample_counts,
     screen_lowest,
     search_structures,
     spacegroup_of,
@@ -40,6 +44,20 @@ def test_settings_refuse_impossible_values() -> None:
         SearchSettings(fmax=0.0)
     with pytest.raises(ValueError, match="screen"):
         SearchSettings(screen=-1)
+    with pytest.raises(ValueError, match="frequency_weight"):
+        SearchSettings(frequency_weight=-0.01)
+
+
+def test_sample_counts_add_each_duplicate_to_its_first_copy() -> None:
+    duplicate_of = [None, None, 0, 1, 0, None]
+    valid = [True, True, True, True, True, False]
+    assert sample_counts(duplicate_of, valid) == {0: 3, 1: 2}
+
+
+def test_ranking_score_trades_energy_for_frequency() -> None:
+    assert ranking_score(-3.0, 1, 0.5) == -3.0  # a structure sampled once keeps its energy
+    assert ranking_score(-3.0, 4, 0.0) == -3.0
+    assert ranking_score(-3.0, 4, 0.01) == pytest.approx(-3.0 - 0.01 * 1.3862943611)
 
 
 def test_spacegroup_of_rocksalt() -> None:
@@ -59,6 +77,28 @@ def test_two_identical_candidates_give_one_entry(chgnet_model) -> None:
     assert result.ranking[0].energy_above_best == 0.0
     assert result.ranking[1].energy_above_best == pytest.approx(energies[1] - energies[0])
     assert all(entry.relax_steps <= 3 for entry in result.ranking)
+
+
+def test_frequency_weight_puts_an_often_sampled_structure_first(chgnet_model) -> None:
+    from kldm_cli.evaluation.relax import predict_energies
+
+    rocksalt, cscl = rocksalt_nacl(), cscl_nacl()
+    energy = dict(zip(("rocksalt", "cscl"), predict_energies([rocksalt, cscl], model=chgnet_model)))
+    higher, lower = sorted(energy, key=energy.get, reverse=True)
+    structure = {"rocksalt": rocksalt, "cscl": cscl}
+    # the higher-energy structure three times, the lower once; no relaxation (single points)
+    candidates = [structure[lower]] + [structure[higher].copy() for _ in range(3)]
+    gap = energy[higher] - energy[lower]
+
+    def ranked(weight: float) -> list[tuple[int, int]]:
+        settings = SearchSettings(candidates=4, screen=0, relax_steps=0, frequency_weight=weight)
+        result = search_structures(candidates, settings, model=chgnet_model)
+        assert min(entry.energy_above_best for entry in result.ranking) == 0.0
+        return [(entry.sample_index, entry.samples) for entry in result.ranking]
+
+    assert ranked(0.0) == [(0, 1), (1, 3)]
+    assert ranked(0.5 * gap / math.log(3)) == [(0, 1), (1, 3)]  # not enough to make up the gap
+    assert ranked(2.0 * gap / math.log(3)) == [(1, 3), (0, 1)]
 
 
 def test_screen_relaxes_only_the_lowest_single_point_energy(chgnet_model) -> None:
@@ -91,6 +131,7 @@ def test_ranked_files_round_trip_with_their_metadata(chgnet_model, tmp_path) -> 
         assert metadata["energy_above_best_eV"] == pytest.approx(entry.energy_above_best)
         assert metadata["converged"] == entry.converged
         assert metadata["spacegroup"] == entry.spacegroup
+        assert metadata["samples"] == entry.samples == 1
         assert metadata["seed"] == 4
         read = Structure.from_file(path)
         assert read.composition == entry.structure.composition

@@ -95,6 +95,7 @@ def csp_command(
     relax_workers: int = typer.Option(
         1, "--relax-workers", min=0, help="With --rank: relaxation processes."
     ),
+    frequency_weight: float = options.frequency_weight(),
 ) -> None:
     """Crystal structure prediction: match rate and RMSE against a test set."""
     from kldm_cli.evaluation.csp_run import SAMPLERS, evaluate_csp
@@ -104,7 +105,7 @@ def csp_command(
     if rank:
         search = SearchSettings(
             candidates=k, sampler=sampler, steps=steps, grid=grid, screen=screen,
-            relax_steps=relax_steps, workers=relax_workers,
+            relax_steps=relax_steps, workers=relax_workers, frequency_weight=frequency_weight,
         )  # fmt: skip
     if sampler not in SAMPLERS:
         raise typer.BadParameter(f"choose pc or em, got {sampler!r}", param_hint="--sampler")

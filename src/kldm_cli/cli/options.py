@@ -70,6 +70,16 @@ def relax_steps(help: str) -> Any:
     return typer.Option(100, "--relax-steps", min=0, help=help)
 
 
+def frequency_weight() -> Any:
+    return typer.Option(
+        0.0,
+        "--frequency-weight",
+        min=0.0,
+        help="Rank by CHGNet energy per atom minus this weight (eV/atom) times ln(number of "
+        "candidates that were the structure): 0 ranks by energy alone.",
+    )
+
+
 # A chunk of a dataset (evaluate csp and dng).
 def limit(what: str) -> Any:
     """``--limit``: use N of ``what`` (test rows, samples) from ``--start``."""

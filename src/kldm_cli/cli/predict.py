@@ -57,6 +57,7 @@ def predict_command(
     workers: int = typer.Option(
         1, "--workers", min=0, help="Processes relaxing candidates in parallel (CPU)."
     ),
+    frequency_weight: float = options.frequency_weight(),
 ) -> None:
     """Predict crystal structures for a composition.
 
@@ -76,12 +77,12 @@ def predict_command(
             )
         search = SearchSettings(
             candidates=candidates, screen=screen, relax_steps=relax_steps, fmax=fmax,
-            workers=workers,
+            workers=workers, frequency_weight=frequency_weight,
         )  # fmt: skip
     elif relax:
         search = SearchSettings(
             candidates=n, sampler=None, steps=None, grid=None, screen=0,
-            relax_steps=relax_steps, fmax=fmax, workers=workers,
+            relax_steps=relax_steps, fmax=fmax, workers=workers, frequency_weight=frequency_weight,
         )  # fmt: skip
     with user_errors(), missing_extra(), SamplingProgress("predict", candidates or n) as progress:
         result = predict(
@@ -116,16 +117,23 @@ def predict_command(
 def print_search(result: PredictResult, formula: str, n: int, out: Path) -> None:
     """The ranked structures of a search as a table, and what happened to the candidates."""
     search = result.search
+    order = (
+        f"lowest eV/atom - {search.frequency_weight:g} ln(samples) first"
+        if search.frequency_weight
+        else "lowest energy first"
+    )
     table = Table(
         title=f"Best {min(n, len(search.ranking))} of {len(search.candidates)} "
-        f"candidates for {formula}, relaxed with CHGNet (lowest energy first)"
+        f"candidates for {formula}, relaxed with CHGNet ({order})"
     )
-    columns = ["rank", "sample", "space group", "eV/atom", "above best", "steps", "converged"]
+    columns = [
+        "rank", "sample", "samples", "space group", "eV/atom", "above best", "steps", "converged"
+    ]  # fmt: skip
     for column in columns:
         table.add_column(column, justify="left" if column == "space group" else "right")
     for entry in search.ranking[:n]:
         table.add_row(
-            str(entry.rank), str(entry.sample_index), entry.spacegroup or "?",
+            str(entry.rank), str(entry.sample_index), str(entry.samples), entry.spacegroup or "?",
             f"{entry.energy_per_atom:.4f}", f"{entry.energy_above_best:+.4f}",
             str(entry.relax_steps), "yes" if entry.converged else "no",
         )  # fmt: skip

@@ -47,7 +47,10 @@ def _read_log(path: Path, settings: dict[str, Any]) -> dict[int, dict[str, Any]]
             raise ValueError(
                 f"{path} is not a kldm ranked-search log; move it away or choose another --out"
             )
-        differences = setting_differences(header["settings"], settings)
+        saved = dict(header["settings"])
+        if "frequency_weight" in settings:  # older logs ranked by energy alone
+            saved.setdefault("frequency_weight", 0.0)
+        differences = setting_differences(saved, settings)
         if differences:
             raise ValueError(
                 f"{path} holds a ranked search made with other settings "
@@ -71,6 +74,7 @@ def _search_entry(target: int, result: Any, keep: int) -> dict[str, Any]:
                 "relax_steps": entry.relax_steps,
                 "converged": entry.converged,
                 "spacegroup": entry.spacegroup,
+                "samples": entry.samples,
                 "cif": entry.structure.to(fmt="cif"),
             }
             for entry in result.ranking[:keep]
@@ -80,6 +84,7 @@ def _search_entry(target: int, result: Any, keep: int) -> dict[str, Any]:
                 "sample_index": outcome.sample_index,
                 "status": outcome.status,
                 "duplicate_of": outcome.duplicate_of,
+                "samples": outcome.samples,
                 "single_point_energy_per_atom": outcome.single_point_energy_per_atom,
                 "rank": outcome.rank,
             }

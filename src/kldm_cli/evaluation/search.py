@@ -13,7 +13,10 @@ go through four stages:
    stopping when every force and stress component is below ``fmax`` eV/Å, in ``workers``
    processes;
 4. **rank**: relaxed structures by energy per atom, lowest first, a structure matching a
-   lower-energy one dropped.
+   lower-energy one dropped. With a ``frequency_weight`` w (eV/atom) the order is by
+   ``E/atom - w ln n`` instead, n the number of candidates that were this structure before
+   relaxation (:func:`ranking_score`): a structure the model samples often is preferred to a
+   rarely sampled one a few meV/atom lower.
 
 Energies are CHGNet's (eV/atom, MP2020-compatible GGA/GGA+U scale). CHGNet was trained on MPtrj,
 relaxation trajectories of Materials Project structures, which include the MP-20 and MPTS-52 test
@@ -22,6 +25,7 @@ structures: its ranking of those is not a blind test (see docs/evaluation.md).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +57,8 @@ class SearchSettings:
     the model's);
     ``screen`` the number of unique candidates relaxed (lowest single-point energy first; 0: all);
     ``relax_steps`` and ``fmax`` (eV/Å) the FIRE limits; ``workers`` the relaxation processes
-    (0 or 1: in this process).
+    (0 or 1: in this process); ``frequency_weight`` (eV/atom) how much a structure's sampling
+    frequency counts in the ranking (0: energy alone; :func:`ranking_score`).
     """
 
     candidates: int = 20
@@ -65,6 +70,7 @@ class SearchSettings:
     fmax: float = DEFAULT_FMAX
     symprec: float = DEFAULT_SYMPREC
     workers: int = 1
+    frequency_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.candidates < 1:
@@ -77,16 +83,22 @@ class SearchSettings:
             raise ValueError(f"fmax must be positive (eV/Å), got {self.fmax}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if not self.frequency_weight >= 0:
+            raise ValueError(
+                f"frequency_weight must be >= 0 (eV/atom), got {self.frequency_weight}"
+            )
 
 
 @dataclass
 class CandidateOutcome:
     """What became of candidate ``sample_index``: its ``status``, the candidate it duplicates
-    (``duplicate_of``), its single-point energy and, once relaxed, its relaxation and rank."""
+    (``duplicate_of``), how many candidates were this structure (``samples``, unique candidates
+    only), its single-point energy and, once relaxed, its relaxation and rank."""
 
     sample_index: int
     status: Status
     duplicate_of: int | None = None
+    samples: int | None = None
     single_point_energy_per_atom: float | None = None
     relaxation: RelaxResult | None = None
     rank: int | None = None
@@ -96,8 +108,10 @@ class CandidateOutcome:
 class RankedStructure:
     """One entry of the ranked list: the relaxed structure and where it came from.
 
-    Energies in eV/atom; ``energy_above_best`` is relative to rank 1; ``spacegroup`` is the
-    international symbol found at ``symprec`` (None if spglib failed).
+    Energies in eV/atom; ``energy_above_best`` is relative to the lowest energy of the list (rank
+    1 unless a ``frequency_weight`` reordered it); ``samples`` is how many candidates were this
+    structure before relaxation; ``spacegroup`` is the international symbol found at ``symprec``
+    (None if spglib failed).
     """
 
     rank: int
@@ -111,6 +125,7 @@ class RankedStructure:
     converged: bool
     spacegroup: str | None
     spacegroup_number: int | None
+    samples: int = 1
 
 
 @dataclass
@@ -118,6 +133,7 @@ class SearchResult:
     ranking: list[RankedStructure]
     candidates: list[CandidateOutcome]
     timing_s: dict[str, float] = field(default_factory=dict)
+    frequency_weight: float = 0.0
 
     def counts(self) -> dict[str, int]:
         """How many candidates ended in each status."""
@@ -150,6 +166,22 @@ def unique_candidates(
                 kept.append(index)
         duplicate_of.append(match)
     return duplicate_of
+
+
+def sample_counts(duplicate_of: Sequence[int | None], valid: Sequence[bool]) -> dict[int, int]:
+    """For each valid unique candidate, how many valid candidates are that structure (itself and
+    its duplicates), from :func:`unique_candidates`' answer."""
+    counts = {i: 1 for i, d in enumerate(duplicate_of) if d is None and valid[i]}
+    for i, d in enumerate(duplicate_of):
+        if d is not None and valid[i]:
+            counts[d] += 1
+    return counts
+
+
+def ranking_score(energy_per_atom: float, samples: int, frequency_weight: float) -> float:
+    """``E/atom - w ln n`` (eV/atom): lower ranks first. With w > 0 a structure sampled n times
+    may sit up to ``w ln n`` above a once-sampled one and still rank before it."""
+    return energy_per_atom - frequency_weight * math.log(samples)
 
 
 def screen_lowest(energies: Sequence[float | None], keep: int) -> list[int]:
@@ -261,6 +293,9 @@ def search_structures(
     for i, structure in enumerate(valid):
         if structure is None:
             outcomes[i].status = "invalid"
+    samples = sample_counts(duplicate_of, [structure is not None for structure in valid])
+    for i, count in samples.items():
+        outcomes[i].samples = count
     timing["dedupe"], clock = time.perf_counter() - clock, time.perf_counter()
 
     stage("screening by single-point energy")
@@ -289,6 +324,12 @@ def search_structures(
 
     stage("ranking")
     ranked = rank_candidates(relaxed, dedupe=True, matcher_settings=DEDUPE_MATCHER_SETTINGS)
+    score = {
+        r.index: ranking_score(r.energy_per_atom, samples[r.index], settings.frequency_weight)  # type: ignore[arg-type]
+        for r in ranked
+    }
+    ranked.sort(key=lambda r: (score[r.index], r.energy_per_atom, r.index))
+    lowest = min((r.energy_per_atom for r in ranked), default=0.0)
     ranking = []
     for rank, result in enumerate(ranked, start=1):
         outcome = outcomes[result.index]
@@ -299,11 +340,11 @@ def search_structures(
                 rank=rank, sample_index=result.index, structure=result.structure,  # type: ignore[arg-type]
                 unrelaxed=result.initial_structure,
                 energy_per_atom=float(result.energy_per_atom),  # type: ignore[arg-type]
-                energy_above_best=float(result.energy_per_atom - ranked[0].energy_per_atom),  # type: ignore[operator]
+                energy_above_best=float(result.energy_per_atom - lowest),  # type: ignore[operator]
                 single_point_energy_per_atom=outcome.single_point_energy_per_atom,
                 relax_steps=result.num_steps, converged=result.converged,
-                spacegroup=symbol, spacegroup_number=number,
+                spacegroup=symbol, spacegroup_number=number, samples=samples[result.index],
             )
         )  # fmt: skip
     timing["rank"] = time.perf_counter() - clock
-    return SearchResult(ranking, outcomes, timing)
+    return SearchResult(ranking, outcomes, timing, settings.frequency_weight)
