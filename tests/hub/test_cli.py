@@ -68,7 +68,7 @@ def test_download_then_listed_as_cached(
     monkeypatch.setenv("COLUMNS", "200")
     sha = fake_hub.add_repo("kldm/dng", folder_files(make_model_folder(task="dng")))
     monkeypatch.setitem(
-        hub.RELEASES, "kldm-dng-mp20", Release("kldm-dng-mp20", "dng", "kldm/dng", sha, "t")
+        hub.RELEASES, "kldm-dng-mp20", Release("kldm-dng-mp20", "dng", "kldm/dng", sha, "t", 20)
     )
     monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
     result = runner.invoke(app, ["weights", "download", "kldm-dng-mp20"])

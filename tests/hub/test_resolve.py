@@ -173,7 +173,7 @@ def test_release_downloads_then_stays_in_cache(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sha = fake_hub.add_repo("kldm/csp", folder_files(make_model_folder()))
-    release = Release("kldm-csp-mp20", "csp", "kldm/csp", sha, "test")
+    release = Release("kldm-csp-mp20", "csp", "kldm/csp", sha, "test", 20)
     monkeypatch.setitem(hub.RELEASES, "kldm-csp-mp20", release)
     _use(fake_hub, monkeypatch)
     first = resolve_weights(None, "csp")
@@ -220,3 +220,15 @@ def test_local_folder(make_model_folder, tmp_path: Path) -> None:
 def test_bundled_weights_dir_of_this_checkout() -> None:
     folder = hub.bundled_weights_dir()
     assert (folder / "README.md").is_file(), folder
+
+
+@pytest.mark.parametrize("name", sorted(hub.releases.RELEASES))
+def test_release_max_atoms_is_what_its_bundled_model_was_trained_on(name: str) -> None:
+    import json
+
+    config = Path(__file__).parents[2] / "weights" / name / "config.json"
+    if not config.exists():
+        pytest.skip(f"{name} is not bundled")
+    release = hub.releases.RELEASES[name]
+    assert release.max_atoms == json.loads(config.read_text())["max_atoms"]
+    assert release.task == json.loads(config.read_text())["task"]

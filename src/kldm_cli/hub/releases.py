@@ -33,7 +33,7 @@ class Release:
     repo_id: str
     revision: str
     description: str
-    max_atoms: int = 20
+    max_atoms: int
 
 
 #: Published models. ``revision`` should be the commit hash of the upload (a tag until then).
