@@ -1,7 +1,7 @@
-"""Does the sampling frequency help the ranked search? Re-rank finished ``--rank`` records.
+"""Does the sampling frequency help the ranked search? Re-rank finished --rank records.
 
 Reads ``kldm evaluate csp --rank`` records, which keep each composition's ranked list, the RMSE
-of each ranked entry and what became of every candidate, and re-orders each composition's ranked list by
+of each ranked entry and what became of every candidate, and re-orders each ranked list by
 :func:`kldm_cli.evaluation.search.ranking_score` (``E/atom - w ln n``, n = the candidates that were
 the structure before relaxation) for every weight ``w``. Nothing is sampled or relaxed again: the
 ranked set is the one the record's search relaxed, only its order changes. It prints top-1 and

@@ -335,9 +335,9 @@ def refuse_existing_search(out: Path) -> None:
 
 
 SEARCH_SUMMARY_COLUMNS = (
-    "rank", "file", "sample_index", "candidate_file", "status", "duplicate_of", "samples", "formula",
-    "spacegroup", "energy_per_atom_eV", "energy_above_best_eV", "single_point_energy_per_atom_eV",
-    "relax_steps", "converged",
+    "rank", "file", "sample_index", "candidate_file", "status", "duplicate_of", "samples",
+    "formula", "spacegroup", "energy_per_atom_eV", "energy_above_best_eV",
+    "single_point_energy_per_atom_eV", "relax_steps", "converged",
 )  # fmt: skip
 
 
@@ -370,9 +370,9 @@ def write_search(
             "energy_per_atom_eV": entry.energy_per_atom,
             "energy_above_best_eV": entry.energy_above_best,
             "single_point_energy_per_atom_eV": entry.single_point_energy_per_atom,
-            "relax_steps": entry.relax_steps, "converged": entry.converged, "samples": entry.samples,
-            "spacegroup": entry.spacegroup, "spacegroup_number": entry.spacegroup_number,
-            "symprec": symprec, "potential": "CHGNet",
+            "relax_steps": entry.relax_steps, "converged": entry.converged,
+            "samples": entry.samples, "spacegroup": entry.spacegroup,
+            "spacegroup_number": entry.spacegroup_number, "symprec": symprec, "potential": "CHGNet",
         }  # fmt: skip
         if writer is not None:
             path = writer.write(entry.structure, entry.rank - 1, metadata)

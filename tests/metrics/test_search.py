@@ -83,7 +83,8 @@ def test_frequency_weight_puts_an_often_sampled_structure_first(chgnet_model) ->
     from kldm_cli.evaluation.relax import predict_energies
 
     rocksalt, cscl = rocksalt_nacl(), cscl_nacl()
-    energy = dict(zip(("rocksalt", "cscl"), predict_energies([rocksalt, cscl], model=chgnet_model)))
+    energies = predict_energies([rocksalt, cscl], model=chgnet_model)
+    energy = dict(zip(("rocksalt", "cscl"), energies, strict=True))
     higher, lower = sorted(energy, key=energy.get, reverse=True)
     structure = {"rocksalt": rocksalt, "cscl": cscl}
     # the higher-energy structure three times, the lower once; no relaxation (single points)
