@@ -7,7 +7,7 @@ the structure before relaxation) for every weight ``w``. Nothing is sampled or r
 ranked set is the one the record's search relaxed, only its order changes. It prints top-1 and
 top-3 per weight, and how many compositions each weight wins and loses at top-1 against ``w = 0``.
 
-    python benchmarks/frequency_weight_study.py training/csp-mp20-medium/ranked/*.json \\
+    python benchmarks/frequency_weight_study.py training/csp-mp20-medium/ranked/*.json.gz \\
         --rows 60-210 --weights 0,0.005,0.01,0.02,0.05
 """
 
@@ -19,14 +19,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kldm_cli.evaluation.combine import load_records
 from kldm_cli.evaluation.search import ranking_score, sample_counts
 
 
 def targets_with_fates(paths: Sequence[Path], first: int, end: int) -> list[dict[str, Any]]:
     """Per-target entries of rows ``[first, end)`` that keep every candidate's fate."""
     targets = []
-    for path in paths:
-        for target in json.loads(path.read_text())["per_target"]:
+    for record in load_records(paths):
+        for target in record["per_target"]:
             search = target.get("search") or {}
             if first <= target["index"] < end and "candidates" in search and search["ranked"]:
                 targets.append(target)

@@ -154,6 +154,7 @@ def test_the_cli_defaults_are_the_search_settings_defaults(command) -> None:
     settings = SearchSettings()
     assert defaults["screen"] == settings.screen
     assert defaults["relax_steps"] == settings.relax_steps
+    assert defaults["frequency_weight"] == settings.frequency_weight
     if "fmax" in defaults:
         assert defaults["fmax"] == settings.fmax
 

@@ -1,20 +1,21 @@
 """The records and model cards shipped in weights/ agree with the weights beside them.
 
-Every evaluation record (``eval_*.json``) in a bundled model folder must have been measured with
-that folder's ``model.safetensors`` (CSP records store its sha256), and the card's
+Every evaluation record (``eval_*.json``, or ``eval_*.json.gz`` for the large ranked-search ones)
+in a bundled model folder must have been measured with that folder's ``model.safetensors`` (CSP
+records store its sha256), and the card's
 ``kldm_metrics`` must state each record's headline numbers: a stale record or a card left behind
 after a weights swap fails here.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import pytest
 
 from kldm_cli.data.readers import file_sha256
+from kldm_cli.evaluation.combine import load_records
 from kldm_cli.hub import card_metrics
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
@@ -26,7 +27,8 @@ TEMPLATE = ["Task", "Data", "Training in brief", "Metrics", "Where it fails", "L
 
 
 def _records(folder: Path) -> dict[str, dict]:
-    return {path.name: json.loads(path.read_text()) for path in sorted(folder.glob("eval_*.json"))}
+    paths = sorted([*folder.glob("eval_*.json"), *folder.glob("eval_*.json.gz")])
+    return dict(zip((path.name for path in paths), load_records(paths), strict=True))
 
 
 def _states(card: dict, value: float) -> bool:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import gzip
 import json
 from pathlib import Path
 
@@ -172,10 +173,20 @@ def test_combine_command(tmp_path: Path) -> None:
     assert [e["stable"] for e in record["per_sample"]] == [True, False]
     assert record["combined_from"]["stability"] == [str(p) for p in parts]
 
+    packed = parts[1].with_name("part1.json.gz")  # a gzip-compressed part reads the same
+    packed.write_bytes(gzip.compress(parts[1].read_bytes()))
+    result = runner.invoke(app, [*args[:2], str(parts[0]), str(packed), *args[4:]])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["per_sample"] == record["per_sample"]
+
     parts[1].write_text("{not json")
     result = runner.invoke(app, args)
     assert result.exit_code == 1
     assert "part1.json is not a JSON record" in " ".join(result.output.split())
+    packed.write_bytes(b"not gzip")
+    result = runner.invoke(app, [*args[:2], str(parts[0]), str(packed), *args[4:]])
+    assert result.exit_code == 1
+    assert "part1.json.gz is not a JSON record" in " ".join(result.output.split())
 
 
 def test_start_past_the_samples_is_a_clear_error(tmp_path: Path) -> None:

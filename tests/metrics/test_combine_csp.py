@@ -203,7 +203,7 @@ def test_ranked_chunks_combine_to_the_whole_ranked_run(tmp_path: Path, chgnet_mo
     from kldm_cli.evaluation.search import SearchSettings
 
     data = write_csv(tmp_path / "test.csv", TARGETS, ids=IDS)
-    search = SearchSettings(candidates=2, screen=0, relax_steps=2)
+    search = SearchSettings(candidates=2, screen=0, relax_steps=2, frequency_weight=0.0)
     options = dict(search=search, chgnet=chgnet_model)
     record = evaluate(data, **options)
     chunks = [evaluate(data, start=0, limit=2, **options), evaluate(data, start=2, **options)]
@@ -227,6 +227,15 @@ def test_ranked_chunks_combine_to_the_whole_ranked_run(tmp_path: Path, chgnet_mo
     assert result.exit_code == 0, result.output
     assert f"3 / 3 / {stages['ranked_first']} of 4" in result.output
 
+    # a chunk written before the frequency weight existed ranked by energy alone (weight 0)
+    del chunks[0]["ranked"]["settings"]["frequency_weight"]
+    assert combine_csp_records(chunks, part_names=["a", "b"])["ranked"]["settings"] == {
+        **chunks[1]["ranked"]["settings"]
+    }
+    chunks[1]["ranked"]["settings"]["frequency_weight"] = 0.01
+    with pytest.raises(ValueError, match="other settings"):
+        combine_csp_records(chunks, part_names=["a", "b"])
+    chunks[1]["ranked"]["settings"]["frequency_weight"] = 0.0
     chunks[1]["ranked"]["settings"]["screen"] = 7
     with pytest.raises(ValueError, match="other settings"):
         combine_csp_records(chunks, part_names=["a", "b"])

@@ -72,11 +72,11 @@ def relax_steps(help: str) -> Any:
 
 def frequency_weight() -> Any:
     return typer.Option(
-        0.0,
+        0.01,
         "--frequency-weight",
         min=0.0,
         help="Rank by CHGNet energy per atom minus this weight (eV/atom) times ln(number of "
-        "candidates that were the structure): 0 ranks by energy alone.",
+        "candidates that were the structure; see docs/benchmarks.md): 0 ranks by energy alone.",
     )
 
 

@@ -242,13 +242,13 @@ def _combine_ranked(
 ) -> dict[str, Any]:
     """The ``ranked`` section (``kldm evaluate csp --rank``) of the union of ``parts``: every
     part must have one, with the settings of the first."""
-    from kldm_cli.evaluation.ranked import ranked_metrics
+    from kldm_cli.evaluation.ranked import ranked_metrics, with_later_settings
 
-    first = parts[0]["ranked"]["settings"]
+    first = with_later_settings(parts[0]["ranked"]["settings"])
     for part, name in zip(parts, names, strict=True):
         if "ranked" not in part:
             raise ValueError(f"{name} has no ranked search (--rank) but {names[0]} has")
-        if part["ranked"]["settings"] != first:
+        if with_later_settings(part["ranked"]["settings"]) != first:
             raise ValueError(f"{name} ranked its candidates with other settings than {names[0]}")
     metrics = ranked_metrics([entry["search"] for entry in per_target])
     sampling = sum(part["timing_s"]["sampling"] for part in parts)
@@ -410,15 +410,18 @@ def _hull_files(record: dict[str, Any]) -> list[Any]:
 
 
 def load_records(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """Read JSON records, naming the file that is missing or not JSON."""
+    """Read JSON records (``.json``, or gzip-compressed ``.json.gz``), naming the file that is
+    missing or not JSON."""
+    import gzip
     import json
 
     records = []
-    for path in paths:
+    for path in map(Path, paths):
         try:
-            records.append(json.loads(Path(path).read_text()))
+            raw = path.read_bytes()
+            records.append(json.loads(gzip.decompress(raw) if path.suffix == ".gz" else raw))
         except FileNotFoundError:
             raise ValueError(f"{path}: no such record") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        except (json.JSONDecodeError, UnicodeDecodeError, gzip.BadGzipFile, EOFError) as error:
             raise ValueError(f"{path} is not a JSON record: {error}") from None
     return records

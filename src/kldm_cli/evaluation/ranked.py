@@ -30,6 +30,9 @@ from kldm_cli.evaluation.candidate_log import append_line, read_log, setting_dif
 from kldm_cli.evaluation.search import RELAXED_STATUSES, SearchSettings, search_structures
 
 SUFFIX = ".search.jsonl"
+#: Search settings added after the first records and logs were written, with the value that those
+#: older files implied (they ranked by energy alone).
+LATER_SETTINGS: dict[str, Any] = {"frequency_weight": 0.0}
 #: Ranks reported as top-n.
 TOP_N = (1, 3, 5)
 
@@ -37,6 +40,15 @@ TOP_N = (1, 3, 5)
 def search_log_path(out: str | Path) -> Path:
     out = Path(out).expanduser()
     return out.with_name(out.name + SUFFIX)
+
+
+def with_later_settings(
+    saved: dict[str, Any], current: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``saved`` search settings with :data:`LATER_SETTINGS` filled in where an older file lacks
+    them (only those that ``current`` has, when given)."""
+    later = {k: v for k, v in LATER_SETTINGS.items() if current is None or k in current}
+    return {**later, **saved}
 
 
 def _read_log(path: Path, settings: dict[str, Any]) -> dict[int, dict[str, Any]]:
@@ -47,10 +59,9 @@ def _read_log(path: Path, settings: dict[str, Any]) -> dict[int, dict[str, Any]]
             raise ValueError(
                 f"{path} is not a kldm ranked-search log; move it away or choose another --out"
             )
-        saved = dict(header["settings"])
-        if "frequency_weight" in settings:  # older logs ranked by energy alone
-            saved.setdefault("frequency_weight", 0.0)
-        differences = setting_differences(saved, settings)
+        differences = setting_differences(
+            with_later_settings(header["settings"], settings), settings
+        )
         if differences:
             raise ValueError(
                 f"{path} holds a ranked search made with other settings "

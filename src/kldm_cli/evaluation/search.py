@@ -70,7 +70,7 @@ class SearchSettings:
     fmax: float = DEFAULT_FMAX
     symprec: float = DEFAULT_SYMPREC
     workers: int = 1
-    frequency_weight: float = 0.0
+    frequency_weight: float = 0.01
 
     def __post_init__(self) -> None:
         if self.candidates < 1:

@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
-import json
 from collections import defaultdict
 from pathlib import Path
 
 from pymatgen.core import Composition
+
+from kldm_cli.evaluation.combine import load_records
 
 
 def heats_by_composition(folder: Path) -> dict[str, list[tuple[float, str]]]:
@@ -42,7 +43,8 @@ def main() -> None:
     with gzip.open(args.data / "test.csv.gz", "rt") as handle:
         test = list(csv.DictReader(handle))
     groups: dict[str, list[bool]] = defaultdict(list)
-    for target in json.loads(args.record.read_text())["per_target"]:
+    (record,) = load_records([args.record])
+    for target in record["per_target"]:
         row = test[target["index"]]
         siblings = heats[Composition(row["formula"]).reduced_formula]
         first = target["search"]["ranked_match_rank"] == 1
