@@ -38,7 +38,8 @@ def reranked_matches(search: dict[str, Any], weight: float) -> list[bool]:
     """Whether each entry of the re-ordered ranked list matches the test structure."""
     fates = search["candidates"]
     valid = [fate["status"] != "invalid" for fate in fates]
-    samples = sample_counts([fate["duplicate_of"] for fate in fates], valid)
+    before_relaxation = [f["duplicate_of"] if f["status"] == "duplicate" else None for f in fates]
+    samples = sample_counts(before_relaxation, valid)
     entries = [
         (ranking_score(entry["energy_per_atom"], samples[entry["sample_index"]], weight), position)
         for position, entry in enumerate(search["ranked"])

@@ -40,6 +40,7 @@ def test_a_large_weight_ranks_the_most_sampled_structure_first() -> None:
             {"status": "ranked", "duplicate_of": None},
             {"status": "duplicate", "duplicate_of": 1},
             {"status": "invalid", "duplicate_of": None},
+            {"status": "duplicate after relaxation", "duplicate_of": 0},  # not a sample of 0
         ],
         "ranked": [
             {"sample_index": 0, "energy_per_atom": -5.00},

@@ -9,6 +9,7 @@ from pymatgen.core import Structure
 
 from kldm_cli.evaluation.relax import (
     RelaxResult,
+    drop_relaxed_duplicates,
     load_chgnet,
     rank_candidates,
     relax_structures,
@@ -49,6 +50,19 @@ def test_ranking_orders_by_energy_and_drops_duplicates() -> None:
     ]
     assert [r.index for r in rank_candidates(results, dedupe=False)] == [1, 3, 2, 0]
     assert [r.index for r in rank_candidates(results)] == [1, 2, 0]
+
+
+def test_relaxed_duplicates_point_at_the_lower_energy_structure_they_match() -> None:
+    crystal = low_symmetry_crystal()
+    ranked = [
+        result(1, crystal, -5.0),
+        result(3, displaced(crystal, 0.01), -4.5),
+        result(2, cscl_nacl(), -4.0),
+        result(0, cscl_nacl().copy(), -3.5),
+    ]
+    kept, duplicate_of = drop_relaxed_duplicates(ranked)
+    assert [r.index for r in kept] == [1, 2]
+    assert duplicate_of == {3: 1, 0: 2}
 
 
 def test_missing_chgnet_gives_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -213,20 +213,38 @@ def rank_candidates(
     """Successful relaxations ordered by energy per atom (lowest first). With ``dedupe``, a
     relaxed structure that matches a lower-energy one (``StructureMatcher``, pymatgen's default
     tolerances unless ``matcher_settings``) is dropped. Failed relaxations are left out."""
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
     ranked = sorted(
         (r for r in results if r.structure is not None and r.energy_per_atom is not None),
         key=lambda r: (r.energy_per_atom, r.index),
     )
     if not dedupe:
         return ranked
+    return drop_relaxed_duplicates(ranked, matcher_settings)[0]
+
+
+def drop_relaxed_duplicates(
+    ranked: Sequence[RelaxResult], matcher_settings: dict[str, float] | None = None
+) -> tuple[list[RelaxResult], dict[int, int]]:
+    """Keep each result of ``ranked`` (lowest energy first) that matches no earlier kept one.
+
+    Returns the kept results and, for each dropped result's ``index``, the ``index`` of the kept
+    result it matches (``StructureMatcher``, pymatgen's defaults unless ``matcher_settings``).
+    """
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
     matcher = StructureMatcher(**(matcher_settings or {}))
     kept: list[RelaxResult] = []
+    duplicate_of: dict[int, int] = {}
     for result in ranked:
-        if not any(same_structure(matcher, result.structure, other.structure) for other in kept):
+        match = next(
+            (other for other in kept if same_structure(matcher, result.structure, other.structure)),
+            None,
+        )
+        if match is None:
             kept.append(result)
-    return kept
+        else:
+            duplicate_of[result.index] = match.index
+    return kept, duplicate_of
 
 
 #: Seconds one structure comparison may take: StructureMatcher can spend minutes (or forever)

@@ -92,7 +92,8 @@ class SearchSettings:
 @dataclass
 class CandidateOutcome:
     """What became of candidate ``sample_index``: its ``status``, the candidate it duplicates
-    (``duplicate_of``), how many candidates were this structure (``samples``, unique candidates
+    (``duplicate_of``: before relaxation, or for a duplicate after relaxation the ranked one it
+    relaxed into), how many candidates were this structure (``samples``, unique candidates
     only), its single-point energy and, once relaxed, its relaxation and rank."""
 
     sample_index: int
@@ -276,7 +277,11 @@ def search_structures(
     ``model`` is a loaded CHGNet (:func:`kldm_cli.evaluation.relax.load_chgnet`); ``on_stage`` is
     told the name of each stage as it starts (progress).
     """
-    from kldm_cli.evaluation.relax import predict_energies, rank_candidates
+    from kldm_cli.evaluation.relax import (
+        drop_relaxed_duplicates,
+        predict_energies,
+        rank_candidates,
+    )
 
     stage = on_stage or (lambda name: None)
     timing: dict[str, float] = {}
@@ -323,7 +328,11 @@ def search_structures(
     timing["relax"], clock = time.perf_counter() - clock, time.perf_counter()
 
     stage("ranking")
-    ranked = rank_candidates(relaxed, dedupe=True, matcher_settings=DEDUPE_MATCHER_SETTINGS)
+    ranked, merged = drop_relaxed_duplicates(
+        rank_candidates(relaxed, dedupe=False), DEDUPE_MATCHER_SETTINGS
+    )
+    for i, kept in merged.items():
+        outcomes[i].duplicate_of = kept
     score = {
         r.index: ranking_score(r.energy_per_atom, samples[r.index], settings.frequency_weight)  # type: ignore[arg-type]
         for r in ranked
