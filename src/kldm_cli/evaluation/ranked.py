@@ -42,13 +42,9 @@ def search_log_path(out: str | Path) -> Path:
     return out.with_name(out.name + SUFFIX)
 
 
-def with_later_settings(
-    saved: dict[str, Any], current: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """``saved`` search settings with :data:`LATER_SETTINGS` filled in where an older file lacks
-    them (only those that ``current`` has, when given)."""
-    later = {k: v for k, v in LATER_SETTINGS.items() if current is None or k in current}
-    return {**later, **saved}
+def with_later_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """Search ``settings`` with :data:`LATER_SETTINGS` filled in where an older file lacks them."""
+    return {**LATER_SETTINGS, **settings}
 
 
 def _read_log(path: Path, settings: dict[str, Any]) -> dict[int, dict[str, Any]]:
@@ -60,7 +56,7 @@ def _read_log(path: Path, settings: dict[str, Any]) -> dict[int, dict[str, Any]]
                 f"{path} is not a kldm ranked-search log; move it away or choose another --out"
             )
         differences = setting_differences(
-            with_later_settings(header["settings"], settings), settings
+            with_later_settings(header["settings"]), with_later_settings(settings)
         )
         if differences:
             raise ValueError(

@@ -126,7 +126,7 @@ class RankedStructure:
     converged: bool
     spacegroup: str | None
     spacegroup_number: int | None
-    samples: int = 1
+    samples: int
 
 
 @dataclass
