@@ -7,7 +7,7 @@
 # Usage: training/restore.sh RUN        (from the repository root)
 set -euo pipefail
 declare -A SNAPSHOT_COMMIT=(
-    [csp-mpts52]=200a0d31910e28c87dcb14eccefae2c29271298a  # medium, x4 large cells, step 1,000 (step 5,000 of the plain run: 0512af7)
+    [csp-mpts52]=091bd6b559ee5b9b11cfd4e8097419866669d628  # medium, x4 large cells, step 4,000 (step 1,000: 200a0d3; plain run step 5,000: 0512af7)
 )
 declare -A CHECKPOINT_COMMIT=(
     [csp-mp20]=b43eb261840fa649d55573ed708b7f8825e9d05a         # small, step 50,000
