@@ -183,14 +183,25 @@ class KLDM(torch.nn.Module):
             batch.frac_coords.dtype
         )
 
-    def loss(self, batch: CrystalBatch, generator: torch.Generator | None = None) -> Losses:
-        """Denoising losses for a batch at times t01 ~ U(t_min, 1]."""
+    def loss(
+        self,
+        batch: CrystalBatch,
+        generator: torch.Generator | None = None,
+        t01: Tensor | None = None,
+    ) -> Losses:
+        """Denoising losses for a batch at times ``t01 [B]``, by default drawn from U(t_min, 1].
+
+        Fixed times (e.g. all 0.1) measure the loss at one noise level, as a diagnostic.
+        """
         cfg = self.config.train
         num_crystals = batch.num_crystals
         device = batch.frac_coords.device
-        t01 = cfg.t_min + (1.0 - cfg.t_min) * torch.rand(
-            num_crystals, generator=generator, device=device
-        )
+        if t01 is None:
+            t01 = cfg.t_min + (1.0 - cfg.t_min) * torch.rand(
+                num_crystals, generator=generator, device=device
+            )
+        elif t01.shape != (num_crystals,):
+            raise ValueError(f"t01 has shape {tuple(t01.shape)}, expected ({num_crystals},)")
         frac_t, velocity_t, target_v = self.positions.sample_training(
             t01, batch.frac_coords, batch.batch_index, num_crystals, generator=generator
         )

@@ -215,6 +215,32 @@ def test_bf16_forward_runs_the_network_in_bf16_and_returns_float32(tmp_path):
     assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())
 
 
+def test_loss_at_fixed_times(tmp_path, monkeypatch):
+    """``loss(t01=...)`` noises every process at the given times instead of drawing them."""
+    records = load_dataset(FIXTURES / "mp20_small.csv", cache_dir=tmp_path / "cache").records
+    from kldm_cli.training import build_config
+
+    model = KLDM(build_config(_options(tmp_path, tmp_path / "x"), records, "hash"))
+    batch = CrystalBatch.from_records(records[:4])
+    seen = {}
+    for name in ("positions", "lattice"):
+        process = getattr(model, name)
+        original = process.sample_training
+
+        def spy(t01, *args, _name=name, _original=original, **kwargs):
+            seen[_name] = t01.clone()
+            return _original(t01, *args, **kwargs)
+
+        monkeypatch.setattr(process, "sample_training", spy)
+    times = torch.tensor([0.01, 0.2, 0.5, 0.9])
+    model.loss(batch, generator=torch.Generator().manual_seed(0), t01=times)
+    assert torch.equal(seen["positions"], times) and torch.equal(seen["lattice"], times)
+    model.loss(batch, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(seen["positions"], times)
+    with pytest.raises(ValueError, match="t01 has shape"):
+        model.loss(batch, t01=times[:3])
+
+
 def test_cpu_flags_and_native_bf16(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(
