@@ -34,15 +34,17 @@ def main() -> None:
     records = load_dataset(args.train).records
     if len(records) != len(rows):
         raise SystemExit(f"{args.train}: {len(rows) - len(records)} rows could not be read")
-    large = [row for row, record in zip(rows, records, strict=True) if record.num_atoms > 20]
-    small = [row for row, record in zip(rows, records, strict=True) if record.num_atoms <= 20]
+
+    def sized(low: int, high: int) -> list[dict[str, str]]:
+        """The rows of ``low`` to ``high`` atoms."""
+        return [row for row, rec in zip(rows, records, strict=True) if low <= rec.num_atoms <= high]
+
     rng = random.Random(0)
     if args.atoms:
-        low, high = (int(n) for n in args.atoms.split("-"))
-        sized = [r for r, rec in zip(rows, records, strict=True) if low <= rec.num_atoms <= high]
-        picked = rng.sample(sized, args.first or len(sized))
+        chosen = sized(*(int(n) for n in args.atoms.split("-")))
+        picked = rng.sample(chosen, args.first or len(chosen))
     else:
-        picked = (rng.sample(large, 114) + rng.sample(small, 86))[: args.first]
+        picked = (rng.sample(sized(21, 10**9), 114) + rng.sample(sized(1, 20), 86))[: args.first]
     with gzip.open(args.out, "wt", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
